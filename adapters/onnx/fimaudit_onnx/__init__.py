@@ -1,0 +1,199 @@
+"""ONNX Runtime adapter for fimaudit: `fimaudit.load_model("model.onnx")`."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fimaudit.errors import ModelError, UsageError
+from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities
+from fimaudit.registry import SimpleAdapter
+
+__all__ = ["OnnxModel", "adapter", "load"]
+
+_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
+# Keep one batch of float32 inputs near this size when the batch axis is dynamic.
+_BATCH_BYTES = 64 * 2**20
+_MAX_DYNAMIC_BATCH = 1024
+
+
+class OnnxModel(ProbabilityModel):
+    """A classifier in an ONNX file, run by onnxruntime (CUDA when available, else CPU)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        outputs: OutputKind | None = None,
+        output_name: str | None = None,
+        input_name: str | None = None,
+        max_batch_size: int | None = None,
+        providers: list[str] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(f"the ONNX file {self.path} does not exist.", "pass the path of an existing .onnx file")
+        self._session = _open_session(self.path, providers)
+        self._input = _pick_input(self._session, input_name)
+        self._output = _pick_output(self._session, output_name)
+        self.input_spec, self._fixed_batch = _input_spec(self._input)
+        self.output_dtype = _DTYPES.get(self._output.type, "float32")
+        self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
+        self.num_classes = self._classes()
+        self.output_kind = outputs or self._detect_kind()
+        self._sha256 = _file_sha256(self.path)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(
+            reference=str(self.path),
+            adapter="onnx",
+            sha256=self._sha256,
+            provider=self._session.get_providers()[0],
+            output_kind=self.output_kind,
+            extra={"input": self._input.name, "output": self._output.name, "output_dtype": self.output_dtype},
+        )
+
+    def _raw_predict(self, batch: np.ndarray) -> np.ndarray:
+        n = len(batch)
+        if self._fixed_batch and n != self._fixed_batch:
+            return self._predict_fixed(batch)
+        (out,) = self._session.run([self._output.name], {self._input.name: batch})
+        return out
+
+    def _predict_fixed(self, batch: np.ndarray) -> np.ndarray:
+        """Models exported with a fixed batch size: pad the last chunk, run chunk by chunk."""
+        size = int(self._fixed_batch or 1)
+        outs = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            pad = size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            (out,) = self._session.run([self._output.name], {self._input.name: chunk})
+            outs.append(np.asarray(out).reshape(size, -1)[: size - pad])
+        return np.concatenate(outs)
+
+    def _probe(self, n: int = 4) -> np.ndarray:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((n, *self.input_spec.shape)).astype(self.input_spec.dtype)
+        return np.asarray(self._raw_predict(x))
+
+    def _classes(self) -> int:
+        dims = self._output.shape
+        if len(dims) == 2 and isinstance(dims[1], int) and dims[1] > 0:
+            return int(dims[1])
+        out = self._probe(1)
+        if out.ndim != 2:
+            raise ModelError(
+                f"the output '{self._output.name}' has shape {out.shape}; a classifier output is (batch, classes).",
+                "name the class-score output with output_name= (CLI: --output NAME)",
+            )
+        return int(out.shape[1])
+
+    def _detect_kind(self) -> OutputKind:
+        if _producer_op(self.path, self._output.name) == "Softmax":
+            return "probabilities"
+        return "probabilities" if looks_like_probabilities(self._probe()) else "logits"
+
+
+def _open_session(path: Path, providers: list[str] | None) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    wanted = providers or _default_providers(ort.get_available_providers())
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=wanted)
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"onnxruntime cannot load {path}: {exc}", "check that the file is a valid ONNX model") from exc
+
+
+def _default_providers(available: list[str]) -> list[str]:
+    """CUDA then CPU where a GPU is present; CPU alone otherwise.
+
+    Asking for CUDA on a machine without an NVIDIA driver makes onnxruntime log a loud load failure
+    before it falls back, so the driver's device node decides whether to ask at all.
+    """
+    gpu = Path("/dev/nvidiactl").exists() or Path("/proc/driver/nvidia").exists()
+    order = ("CUDAExecutionProvider", "CPUExecutionProvider") if gpu else ("CPUExecutionProvider",)
+    return [p for p in order if p in available]
+
+
+def _pick_input(session: Any, name: str | None) -> Any:
+    inputs = session.get_inputs()
+    if name is None:
+        if len(inputs) != 1:
+            names = [i.name for i in inputs]
+            raise ModelError(f"the model has {len(inputs)} inputs {names}.", "name the one to audit with input_name= (CLI: --input NAME)")
+        return inputs[0]
+    for item in inputs:
+        if item.name == name:
+            return item
+    raise UsageError(f"the model has no input named '{name}'.", f"choose one of {[i.name for i in inputs]}")
+
+
+def _pick_output(session: Any, name: str | None) -> Any:
+    outputs = session.get_outputs()
+    if name is not None:
+        for item in outputs:
+            if item.name == name:
+                return item
+        raise UsageError(f"the model has no output named '{name}'.", f"choose one of {[o.name for o in outputs]}")
+    tensors = [o for o in outputs if o.type in _DTYPES]
+    if not tensors:
+        raise ModelError(
+            f"the model has no floating-point tensor output (outputs: {[(o.name, o.type) for o in outputs]}).",
+            "export the model with a (batch, classes) float output of probabilities or logits",
+        )
+    named = [o for o in tensors if "prob" in o.name.lower()]
+    return (named or tensors)[0]
+
+
+def _input_spec(item: Any) -> tuple[InputSpec, int | None]:
+    dtype = _DTYPES.get(item.type)
+    if dtype is None:
+        raise ModelError(f"the input '{item.name}' has type {item.type}; fimaudit perturbs floating-point inputs.", "audit a model with a float input")
+    dims = list(item.shape)
+    if not dims:
+        raise ModelError(f"the input '{item.name}' is a scalar.", "audit a model whose input has a batch axis")
+    rest = dims[1:]
+    if not all(isinstance(v, int) and v > 0 for v in rest):
+        raise ModelError(
+            f"the input '{item.name}' has shape {dims} with symbolic dimensions after the batch axis.",
+            "export the model with a fixed input shape (only the batch axis may be dynamic)",
+        )
+    fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    return InputSpec(shape=tuple(int(v) for v in rest), dtype=dtype), fixed
+
+
+def _dynamic_batch(spec: InputSpec) -> int:
+    return int(max(1, min(_MAX_DYNAMIC_BATCH, _BATCH_BYTES // (4 * max(1, spec.size)))))
+
+
+def _producer_op(path: Path, output: str) -> str | None:
+    """The op type of the node that produces `output`, read from the graph without running it."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    for node in graph.node:
+        if output in node.output:
+            return str(node.op_type)
+    return None
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(reference: str, **options: Any) -> OnnxModel:
+    return OnnxModel(reference, **options)
+
+
+adapter = SimpleAdapter(name="onnx", package="fimaudit-onnx", loader=load, suffixes=(".onnx",))

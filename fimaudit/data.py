@@ -1,0 +1,99 @@
+"""Audited inputs: loading them from files and checking them against the model's input spec."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from fimaudit.errors import DataError
+from fimaudit.model import InputSpec
+
+
+def load_inputs(path: str | Path) -> np.ndarray:
+    """Read inputs from .npy, .npz (array 'x' or the only array) or .csv (one input a row)."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"the data file {p} does not exist.", "pass --data PATH to an existing .npy, .npz or .csv file")
+    suffix = p.suffix.lower()
+    try:
+        if suffix == ".npy":
+            return np.load(p, allow_pickle=False)  # never unpickle an untrusted file
+        if suffix == ".npz":
+            return _from_npz(p)
+        if suffix == ".csv":
+            return _from_csv(p)
+    except DataError:
+        raise
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"cannot read {p} as {suffix} data: {exc}", "check that the file is a valid, non-pickled array file") from exc
+    raise DataError(f"unsupported data file type '{suffix}' ({p}).", "use .npy, .npz (array named 'x') or .csv")
+
+
+def _from_npz(p: Path) -> np.ndarray:
+    with np.load(p, allow_pickle=False) as archive:
+        names = list(archive.files)
+        if "x" in names:
+            return archive["x"]
+        if len(names) == 1:
+            return archive[names[0]]
+    raise DataError(f"{p} holds arrays {names} and none is named 'x'.", "save the inputs under the name 'x' (np.savez(path, x=inputs))")
+
+
+def _from_csv(p: Path) -> np.ndarray:
+    first = p.read_text().splitlines()[:1]
+    has_header = bool(first) and any(c.isalpha() for c in first[0].replace("e", "").replace("E", ""))
+    return np.loadtxt(p, delimiter=",", skiprows=1 if has_header else 0, ndmin=2)
+
+
+def check_inputs(x: object, spec: InputSpec) -> np.ndarray:
+    """The inputs as an (n, *spec.shape) array, or a DataError naming what is wrong."""
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise DataError(f"the inputs have dtype {arr.dtype}, not numbers.", "pass a numeric array (float32 or float64)")
+    if np.issubdtype(arr.dtype, np.complexfloating):
+        raise DataError("the inputs are complex numbers.", "pass real-valued inputs")
+    shape = tuple(spec.shape)
+    if arr.shape == shape:
+        arr = arr[None]  # one input without a batch axis
+    if arr.ndim == 0 or arr.shape[0] == 0 or arr.size == 0:
+        raise DataError("there are no inputs to audit (the array is empty).", "pass at least one input")
+    if tuple(arr.shape[1:]) != shape:
+        raise DataError(_shape_message(arr.shape, shape), _shape_fix(arr.shape, shape))
+    values = arr.astype(np.float64)
+    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise DataError(
+            f"{len(rows)} input(s) contain NaN or infinite values (first at index {int(rows[0])}).",
+            "drop or repair those rows before auditing",
+        )
+    return arr
+
+
+def _shape_message(got: tuple[int, ...], want: tuple[int, ...]) -> str:
+    return f"the inputs have shape {got}, but the model takes inputs of shape (n, {', '.join(map(str, want))})."
+
+
+def _shape_fix(got: tuple[int, ...], want: tuple[int, ...]) -> str:
+    d = int(np.prod(want))
+    if len(got) >= 2 and int(np.prod(got[1:])) == d:
+        return f"reshape them: x.reshape(len(x), {', '.join(map(str, want))})"
+    if len(got) == len(want) + 1 and got[1:] == want[::-1][: len(want)]:
+        return "the axes look permuted (channels-last vs channels-first); transpose them"
+    return f"pass inputs of shape (n, {', '.join(map(str, want))})"
+
+
+def digest(arr: np.ndarray) -> str:
+    """sha256 of the array's C-order bytes: together with shape and dtype it identifies the data."""
+    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def input_scale(arr: np.ndarray) -> float:
+    """The spread of the inputs (their standard deviation) that default step sizes are relative to."""
+    values = np.asarray(arr, dtype=np.float64)
+    spread = float(values.std())
+    if spread > 0 and np.isfinite(spread):
+        return spread
+    peak = float(np.abs(values).max())
+    return peak if peak > 0 else 1.0

@@ -1,0 +1,273 @@
+"""Estimators of the input Fisher information from probability outputs (see docs/math.md).
+
+Everything here is pure numpy. A sample's estimate is a generator (an engine Task): it yields
+blocks of perturbed inputs and receives their probabilities, so the engine can batch the queries
+of many samples together and memory stays bounded by one block of directions per sample.
+"""
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Scheme = Literal["central", "forward", "richardson"]
+EstimatorName = Literal["auto", "sketch", "exact"]
+
+# Finite-difference evaluation points per direction, as multiples of the step h.
+SCHEME_POINTS: dict[str, tuple[float, ...]] = {
+    "central": (1.0, -1.0),
+    "forward": (1.0,),
+    "richardson": (1.0, -1.0, 0.5, -0.5),
+}
+# One block of perturbed inputs (float64) is kept under this size, whatever d is.
+BLOCK_BYTES = 16 * 2**20
+# Orthogonal direction groups need a d x min(k, d) QR; past this many entries use i.i.d. Gaussian
+# columns, which have the same law when k << d (the only case where the QR would be that large).
+ORTHOGONAL_MAX_ENTRIES = 4_000_000
+# The witness direction needs sum_j omega_j y_j^T (d x K); skip it when that would be large.
+WITNESS_MAX_ENTRIES = 20_000_000
+JACKKNIFE_GROUPS = 20
+# Clamp probabilities before the log: a class whose probability underflows contributes
+# sqrt(p) * (log difference) ~ 0 to A v anyway.
+_TINY = np.finfo(np.float64).tiny
+
+
+@dataclass(frozen=True)
+class EstimatorConfig:
+    """How each sample is estimated. `step` is absolute, in input units (RMS per coordinate)."""
+
+    directions: int
+    step: float
+    scheme: Scheme = "central"
+    estimator: EstimatorName = "auto"
+    seed: int = 0
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    witness: bool = True
+
+    def queries_per_direction(self) -> int:
+        return len(SCHEME_POINTS[self.scheme])
+
+    def resolve(self, d: int) -> Literal["sketch", "exact"]:
+        """'auto' takes the exact coordinate mode when it costs no more queries than the sketch."""
+        if self.estimator != "auto":
+            return self.estimator
+        return "exact" if d <= self.directions else "sketch"
+
+
+@dataclass(frozen=True)
+class SampleEstimate:
+    """What one audited input yields; the runner adds index and identity."""
+
+    predicted_class: int
+    confidence: float
+    lambda_max: float
+    lambda_max_raw: float
+    lambda_max_ci: tuple[float, float]
+    lambda_lower: float | None
+    lambda_lower_loose: bool | None
+    trace: float
+    stable_rank: float | None
+    method: Literal["sketch", "exact"]
+    directions: int
+    directions_kind: Literal["orthogonal", "gaussian", "coordinate"]
+    queries: int
+    probabilities: np.ndarray
+
+
+def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generator[np.ndarray, np.ndarray, SampleEstimate]:
+    """Estimate lambda_max, tr F and a witnessed lower bound for one input x (model shape)."""
+    shape = x.shape
+    flat = np.asarray(x, dtype=np.float64).reshape(-1)
+    d = flat.size
+    p0 = (yield flat.reshape(1, *shape))[0]
+    queries = 1
+    method = cfg.resolve(d)
+    k = d if method == "exact" else cfg.directions
+    kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
+    base = _Base(flat, shape, np.sqrt(p0), _log(p0), cfg.step, cfg.scheme)
+    want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES
+    cross = np.zeros((d, p0.size)) if want_witness else None
+    rows: list[np.ndarray] = []
+    for block in blocks:
+        y = yield from base.jvp(block)
+        queries += len(block) * cfg.queries_per_direction()
+        rows.append(y)
+        if cross is not None:
+            cross += block.T @ y  # accumulates Omega Y^T so the witness needs no regeneration
+    y_all = np.concatenate(rows, axis=0)
+    stats = sketch_statistics(y_all, exact=method == "exact", cfg=cfg, index=index)
+    lower = None
+    if cross is not None:
+        direction = cross @ stats.top_vector
+        lower = yield from base.rayleigh(direction)
+        queries += cfg.queries_per_direction() if lower is not None else 0
+    return SampleEstimate(
+        predicted_class=int(np.argmax(p0)),
+        confidence=float(np.max(p0)),
+        lambda_max=stats.lambda_max,
+        lambda_max_raw=stats.lambda_raw,
+        lambda_max_ci=stats.ci,
+        lambda_lower=lower,
+        lambda_lower_loose=None if lower is None else bool(lower < 0.5 * stats.lambda_max),
+        trace=stats.trace,
+        stable_rank=stats.trace / stats.lambda_max if stats.lambda_max > 0 else None,
+        method=method,
+        directions=k,
+        directions_kind=kind,
+        queries=queries,
+        probabilities=p0,
+    )
+
+
+def _log(p: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(p, _TINY))
+
+
+@dataclass(frozen=True)
+class _Base:
+    """One input and its base outputs: turns directions into finite-difference JVPs A v."""
+
+    flat: np.ndarray
+    shape: tuple[int, ...]
+    sqrt_p: np.ndarray
+    log_p: np.ndarray
+    step: float
+    scheme: Scheme
+
+    def jvp(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows A v_j for the rows v_j of `directions` (b, d), from perturbed queries."""
+        b = len(directions)
+        points = SCHEME_POINTS[self.scheme]
+        inputs = np.concatenate([self.flat + (s * self.step) * directions for s in points])
+        logs = _log((yield inputs.reshape(len(inputs), *self.shape)))
+        parts = [logs[i * b : (i + 1) * b] for i in range(len(points))]
+        h = self.step
+        if self.scheme == "forward":
+            deriv = (parts[0] - self.log_p) / h
+        elif self.scheme == "central":
+            deriv = (parts[0] - parts[1]) / (2 * h)
+        else:  # Richardson: the h^2 terms of central differences at h and h/2 cancel
+            deriv = (4 * (parts[2] - parts[3]) / h - (parts[0] - parts[1]) / (2 * h)) / 3
+        return deriv * self.sqrt_p
+
+    def rayleigh(self, direction: np.ndarray) -> Generator[np.ndarray, np.ndarray, float | None]:
+        """||A v||^2 / ||v||^2 measured along one direction: a witnessed lower bound on lambda_max."""
+        norm = float(np.linalg.norm(direction))
+        if not np.isfinite(norm) or norm == 0.0:
+            return None
+        d = self.flat.size
+        scaled = direction * (np.sqrt(d) / norm)  # same length as the sketch's directions
+        y = yield from self.jvp(scaled[None, :])
+        return float(y[0] @ y[0]) / d
+
+
+def direction_blocks(
+    method: str, d: int, k: int, rng: np.random.Generator, cfg: EstimatorConfig
+) -> tuple[Literal["orthogonal", "gaussian", "coordinate"], Iterator[np.ndarray]]:
+    """The k directions (rows, E[v v^T] = I) in memory-bounded blocks, seeded by rng."""
+    per_block = max(1, min(256, BLOCK_BYTES // (8 * d * cfg.queries_per_direction())))
+    if method == "exact":
+        return "coordinate", _coordinate_blocks(d, per_block)
+    if d * min(k, d) <= ORTHOGONAL_MAX_ENTRIES:
+        return "orthogonal", _orthogonal_blocks(rng, d, k, per_block)
+    return "gaussian", _gaussian_blocks(rng, d, k, per_block)
+
+
+def _coordinate_blocks(d: int, per_block: int) -> Iterator[np.ndarray]:
+    scale = np.sqrt(d)
+    for start in range(0, d, per_block):
+        stop = min(d, start + per_block)
+        block = np.zeros((stop - start, d))
+        block[np.arange(stop - start), np.arange(start, stop)] = scale
+        yield block
+
+
+def _orthogonal_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> Iterator[np.ndarray]:
+    """Groups of min(k, d) orthonormal rows scaled by sqrt(d): Haar-distributed, exact at k = d."""
+    done = 0
+    while done < k:
+        size = min(k - done, d)
+        q, r = np.linalg.qr(rng.standard_normal((d, size)))
+        q *= np.sign(np.diag(r))  # sign fix makes the QR factor Haar-distributed
+        group = q.T * np.sqrt(d)
+        for start in range(0, size, per_block):
+            yield group[start : start + per_block]
+        done += size
+
+
+def _gaussian_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> Iterator[np.ndarray]:
+    # numpy's Generator fills arrays from one stream, so the block size never changes the values.
+    for start in range(0, k, per_block):
+        yield rng.standard_normal((min(per_block, k - start), d))
+
+
+@dataclass(frozen=True)
+class SketchStatistics:
+    lambda_max: float
+    lambda_raw: float
+    ci: tuple[float, float]
+    trace: float
+    top_vector: np.ndarray
+
+
+def sketch_statistics(y: np.ndarray, *, exact: bool, cfg: EstimatorConfig, index: int) -> SketchStatistics:
+    """lambda_max(Y^T Y / k) with jackknife bias correction and a bootstrap interval.
+
+    Rows of y are A omega_j. In exact (coordinate) mode Y^T Y / d = A A^T and no resampling applies.
+    """
+    k = len(y)
+    cov = y.T @ y / k
+    evals, evecs = np.linalg.eigh(cov)
+    raw = max(float(evals[-1]), 0.0)
+    trace = float(np.trace(cov))
+    if exact or k < 2:
+        return SketchStatistics(raw, raw, (raw, raw), trace, evecs[:, -1])
+    corrected = max(jackknife(y, raw), 0.0)
+    boot = bootstrap_lambdas(y, cfg.bootstrap, np.random.default_rng([cfg.seed, index, 1]))
+    alpha = (1 - cfg.confidence) / 2
+    low, high = np.quantile(boot, [alpha, 1 - alpha])
+    shift = corrected - raw  # centre the percentile interval on the bias-corrected estimate
+    ci = (max(float(low + shift), 0.0), max(float(high + shift), 0.0))
+    return SketchStatistics(corrected, raw, ci, trace, evecs[:, -1])
+
+
+def _top_eigenvalue(cov: np.ndarray) -> float:
+    return float(np.linalg.eigvalsh(cov)[-1])
+
+
+def jackknife(y: np.ndarray, full: float) -> float:
+    """Delete-a-group jackknife: removes the O(1/k) upward bias of lambda_max(Y^T Y / k)."""
+    k = len(y)
+    groups = np.array_split(np.arange(k), min(k, JACKKNIFE_GROUPS))
+    total = y.T @ y
+    leave_out = [
+        _top_eigenvalue((total - y[g].T @ y[g]) / (k - len(g))) for g in groups
+    ]
+    g = len(groups)
+    return g * full - (g - 1) * float(np.mean(leave_out))
+
+
+def bootstrap_lambdas(y: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """lambda_max of Y*^T Y* / k for `reps` resamples (with replacement) of the rows of y.
+
+    Works in the rank-r coordinates of y (r <= min(k, K)) so that the per-resample matrices are
+    small; the resampling weights are multinomial counts.
+    """
+    k = len(y)
+    u, s, _ = np.linalg.svd(y, full_matrices=False)
+    keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros(s.shape, bool)
+    if not keep.any():
+        return np.zeros(reps)
+    us = u[:, keep] * s[keep]  # k x r, with us^T diag(c) us having the spectrum we need
+    r = us.shape[1]
+    reps = int(min(reps, max(200, 5e8 // max(1, k * r * r))))
+    counts = rng.multinomial(k, np.full(k, 1.0 / k), size=reps).astype(np.float64)
+    if k * r * r <= 2e7:
+        outer = (us[:, :, None] * us[:, None, :]).reshape(k, r * r)
+        mats = (counts @ outer).reshape(reps, r, r) / k
+    else:  # many classes: form each resample's r x r matrix on its own to bound memory
+        mats = np.stack([us.T @ (c[:, None] * us) for c in counts]) / k
+    return np.linalg.eigvalsh(mats)[:, -1]

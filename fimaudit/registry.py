@@ -1,0 +1,106 @@
+"""Find the adapter for a model reference among the installed `fimaudit.adapters` entry points."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Callable, Protocol
+from urllib.parse import urlsplit
+
+from fimaudit.errors import AdapterNotFoundError, ModelError
+from fimaudit.model import ProbabilityModel
+
+ENTRY_POINT_GROUP = "fimaudit.adapters"
+
+# Only used to tell a user which package to install; adapters themselves declare what they handle.
+_INSTALL_HINTS = {
+    ".onnx": "fimaudit-onnx",
+    ".pt": "fimaudit-torch",
+    ".pt2": "fimaudit-torch",
+    "triton": "fimaudit-triton",
+    "triton+grpc": "fimaudit-triton",
+    "savedmodel": "fimaudit-tensorflow",
+}
+
+
+class Adapter(Protocol):
+    """What an adapter distribution exposes under the entry-point group."""
+
+    name: str
+    package: str
+    suffixes: tuple[str, ...]
+    schemes: tuple[str, ...]
+
+    def handles(self, reference: str) -> bool: ...
+
+    def load(self, reference: str, **options: Any) -> ProbabilityModel: ...
+
+
+@dataclass
+class SimpleAdapter:
+    """A ready-made Adapter: handles references by file suffix or URL scheme."""
+
+    name: str
+    package: str
+    loader: Callable[..., ProbabilityModel]
+    suffixes: tuple[str, ...] = ()
+    schemes: tuple[str, ...] = ()
+    extra_check: Callable[[str], bool] | None = field(default=None)
+
+    def handles(self, reference: str) -> bool:
+        scheme = urlsplit(reference).scheme.lower()
+        if scheme and scheme in self.schemes:
+            return True
+        if Path(reference).suffix.lower() in self.suffixes:
+            return True
+        return bool(self.extra_check and self.extra_check(reference))
+
+    def load(self, reference: str, **options: Any) -> ProbabilityModel:
+        return self.loader(reference, **options)
+
+
+def installed_adapters() -> list[Adapter]:
+    """Every adapter registered by an installed distribution, in name order."""
+    found: list[Adapter] = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            found.append(ep.load())
+        except Exception as exc:  # a broken plugin must not hide the others
+            raise ModelError(
+                f"the installed adapter '{ep.name}' ({ep.value}) failed to import: {exc}",
+                f"reinstall it, or uninstall the distribution that provides '{ep.name}'",
+            ) from exc
+    return found
+
+
+def load_model(reference: str | Path, **options: Any) -> ProbabilityModel:
+    """Load a model by reference (file path or URL) with the adapter that handles it.
+
+    `options` go to the adapter, e.g. `outputs="logits"`, `output_name=...`, `max_batch_size=...`.
+    """
+    ref = str(reference)
+    adapters = installed_adapters()
+    for adapter in adapters:
+        if adapter.handles(ref):
+            return adapter.load(ref, **options)
+    raise AdapterNotFoundError(_no_adapter_message(ref, adapters), _install_hint(ref))
+
+
+def _no_adapter_message(ref: str, adapters: list[Adapter]) -> str:
+    if not adapters:
+        return f"no fimaudit adapter is installed, so nothing can load '{ref}'."
+    listed = ", ".join(
+        f"{a.name} ({', '.join(a.suffixes + tuple(s + '://' for s in a.schemes))})" for a in adapters
+    )
+    return f"no installed adapter handles '{ref}'. Installed: {listed}."
+
+
+def _install_hint(ref: str) -> str:
+    scheme = urlsplit(ref).scheme.lower()
+    key = scheme if scheme in _INSTALL_HINTS else Path(ref).suffix.lower()
+    if Path(ref).is_dir() and (Path(ref) / "saved_model.pb").exists():
+        key = "savedmodel"
+    package = _INSTALL_HINTS.get(key)
+    if package:
+        return f"pip install {package}  (or: pip install 'fimaudit[{package.split('-')[1]}]')"
+    return "pass a model file or URL that an installed adapter supports (see the list above)"

@@ -1,0 +1,161 @@
+"""The audit report: pydantic models whose JSON Schema is published as docs/report.schema.json."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fimaudit.errors import DataError
+
+SCHEMA_VERSION = "1.0"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ToolInfo(_Model):
+    name: str = "fimaudit"
+    version: str
+
+
+class ModelInfo(_Model):
+    reference: str = Field(description="The model reference as given: file path or URL.")
+    adapter: str
+    sha256: str | None = Field(description="sha256 of the model file (or manifest); null for endpoints.")
+    input_shape: list[int] = Field(description="Shape of one input, without the batch axis.")
+    input_dtype: str
+    classes: int
+    provider: str | None = Field(description="Execution provider or server that ran the model.")
+    output_kind: Literal["probabilities", "logits"] = Field(
+        description="What the model outputs; logits are softmaxed in float64 by fimaudit."
+    )
+    extra: dict[str, str] = Field(default_factory=dict)
+
+
+class DataInfo(_Model):
+    sha256: str = Field(description="sha256 of the audited array's C-order bytes, as loaded.")
+    shape: list[int]
+    dtype: str
+    source: str | None = None
+
+
+class AuditConfig(_Model):
+    estimator: Literal["auto", "sketch", "exact"]
+    directions: int
+    step: float = Field(description="Finite-difference step h, in input units (RMS per coordinate).")
+    step_relative: float | None = Field(description="h divided by the data's standard deviation, when h was derived from it.")
+    scheme: Literal["central", "forward", "richardson"]
+    seed: int
+    tau: float = Field(description="KL budget (nats) defining epsilon_tau = sqrt(2 tau / lambda_max).")
+    bootstrap: int
+    confidence: float
+    interval_method: str
+    input_space: str = Field(description="Units all figures are in: the model's own input space.")
+
+
+class SampleResult(_Model):
+    index: int
+    predicted_class: int
+    confidence: float
+    lambda_max: float = Field(description="Estimated spectral norm of the input Fisher information.")
+    lambda_max_ci: tuple[float, float]
+    lambda_max_raw: float = Field(description="lambda_max before bias correction.")
+    lambda_lower: float | None = Field(description="Rayleigh quotient along a witnessed direction: a lower bound.")
+    lambda_lower_loose: bool | None = Field(description="True when the lower bound is under half the estimate.")
+    trace: float = Field(description="Hutchinson (or exact) trace of F.")
+    stable_rank: float | None
+    epsilon_tau: float | None = Field(description="sqrt(2 tau / lambda_max); null when lambda_max is 0.")
+    queries: int
+    method: Literal["sketch", "exact"]
+    directions: int
+    directions_kind: Literal["orthogonal", "gaussian", "coordinate"]
+
+
+class Stats(_Model):
+    median: float | None
+    p90: float | None
+    p99: float | None
+    max: float | None
+    min: float | None
+
+
+class ClassSummary(_Model):
+    n: int
+    lambda_max_median: float
+    epsilon_tau_median: float | None
+
+
+class Summary(_Model):
+    n: int
+    lambda_max: Stats
+    epsilon_tau: Stats
+    per_class: dict[str, ClassSummary]
+    queries: int
+    wall_seconds: float
+    queries_per_second: float
+
+
+class AuditReport(_Model):
+    schema_version: str = SCHEMA_VERSION
+    tool: ToolInfo
+    model: ModelInfo
+    data: DataInfo
+    config: AuditConfig
+    samples: list[SampleResult]
+    summary: Summary
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AuditReport:
+        return cls.model_validate_json(text)
+
+    @classmethod
+    def load(cls, path: str | Path) -> AuditReport:
+        try:
+            return cls.from_json(Path(path).read_bytes())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read the report {path}: {exc}", "pass a report written by fimaudit") from exc
+
+
+def stats(values: list[float | None] | np.ndarray) -> Stats:
+    """Order statistics; None entries stand for +infinity (an unbounded radius)."""
+    arr = np.array([np.inf if v is None else v for v in values], dtype=np.float64)
+    if arr.size == 0:
+        return Stats(median=None, p90=None, p99=None, max=None, min=None)
+    # Interpolating towards +inf gives nan, so with unbounded values take order statistics as they are.
+    method = "linear" if np.isfinite(arr).all() else "inverted_cdf"
+    q = np.quantile(arr, [0.5, 0.9, 0.99], method=method)
+    pick = [q[0], q[1], q[2], arr.max(), arr.min()]
+    out = [float(v) if np.isfinite(v) else None for v in pick]
+    return Stats(median=out[0], p90=out[1], p99=out[2], max=out[3], min=out[4])
+
+
+def summarize(samples: list[SampleResult], queries: int, wall_seconds: float) -> Summary:
+    per_class: dict[str, ClassSummary] = {}
+    for cls in sorted({s.predicted_class for s in samples}):
+        members = [s for s in samples if s.predicted_class == cls]
+        per_class[str(cls)] = ClassSummary(
+            n=len(members),
+            lambda_max_median=float(np.median([s.lambda_max for s in members])),
+            epsilon_tau_median=stats([s.epsilon_tau for s in members]).median,
+        )
+    return Summary(
+        n=len(samples),
+        lambda_max=stats([s.lambda_max for s in samples]),
+        epsilon_tau=stats([s.epsilon_tau for s in samples]),
+        per_class=per_class,
+        queries=queries,
+        wall_seconds=wall_seconds,
+        queries_per_second=queries / wall_seconds if wall_seconds > 0 else 0.0,
+    )
+
+
+def json_schema() -> str:
+    """The published schema text (docs/report.schema.json holds exactly this)."""
+    return json.dumps(AuditReport.model_json_schema(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,168 @@
+"""fimaudit.audit: run the estimators over many inputs and assemble the report."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from fimaudit import __version__
+from fimaudit.data import check_inputs, digest, input_scale
+from fimaudit.engine import QueryEngine
+from fimaudit.errors import UsageError
+from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample
+from fimaudit.model import ProbabilityModel
+from fimaudit.report import (
+    AuditConfig,
+    AuditReport,
+    DataInfo,
+    ModelInfo,
+    SampleResult,
+    ToolInfo,
+    summarize,
+)
+
+# Default step relative to the data's spread, by output precision: h ~ eps_out^(1/3) balances
+# truncation against rounding; float32 real models measured best near 1e-2 (MATH.md).
+RELATIVE_STEP = {"float16": 3e-2, "float32": 1e-2, "float64": 1e-4}
+INTERVAL_METHOD = "percentile bootstrap over directions, shifted by the jackknife bias correction"
+Progress = Callable[[int, int, int], None]
+
+
+def audit(
+    model: ProbabilityModel,
+    x: Any,
+    *,
+    directions: int = 256,
+    seed: int = 0,
+    scheme: str = "central",
+    step: float | None = None,
+    estimator: str = "auto",
+    tau: float = 0.01,
+    limit: int | None = None,
+    bootstrap: int = 1000,
+    confidence: float = 0.95,
+    witness: bool = True,
+    concurrency: int = 1,
+    data_source: str | None = None,
+    progress: Progress | None = None,
+) -> AuditReport:
+    """Audit `model` at each input of `x` (shape (n, *input_shape)) and return the report.
+
+    Each sample's directions derive from (seed, index) alone, so batching, order and limits never
+    change a sample's numbers: the same seed gives the same report (timing fields aside).
+    """
+    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step)
+    arr = check_inputs(x, model.input_spec)
+    scale = input_scale(arr)  # over all the data, so --limit never changes a sample's numbers
+    if limit is not None:
+        arr = arr[:limit]
+    relative = None if step is not None else RELATIVE_STEP.get(model.output_dtype, 1e-2)
+    h = float(step) if step is not None else relative * scale
+    cfg = EstimatorConfig(directions, h, scheme, estimator, seed, bootstrap, confidence, witness)  # type: ignore[arg-type]
+    results, queries, wall = _run(model, arr, cfg, concurrency, progress)
+    samples = [_sample_result(i, est, tau) for i, est in sorted(results.items())]
+    return AuditReport(
+        tool=ToolInfo(version=__version__),
+        model=model_info(model),
+        data=DataInfo(sha256=digest(arr), shape=list(arr.shape), dtype=str(arr.dtype), source=data_source),
+        config=AuditConfig(
+            estimator=estimator, directions=directions, step=h, step_relative=relative, scheme=scheme,
+            seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence,
+            interval_method=INTERVAL_METHOD, input_space=_input_space(model),
+        ),  # type: ignore[arg-type]
+        samples=samples,
+        summary=summarize(samples, queries, wall),
+    )
+
+
+def _run(
+    model: ProbabilityModel, arr: np.ndarray, cfg: EstimatorConfig, concurrency: int, progress: Progress | None
+) -> tuple[dict[int, SampleEstimate], int, float]:
+    engine = QueryEngine(model, concurrency=concurrency)
+    results: dict[int, SampleEstimate] = {}
+
+    def done(index: int, est: SampleEstimate) -> None:
+        results[index] = est
+        if progress is not None:
+            progress(len(results), len(arr), engine.queries)
+
+    start = time.perf_counter()
+    tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in range(len(arr)))
+    try:
+        engine.run(tasks, done, max_active=_max_active(engine, arr, cfg))
+    finally:
+        engine.close()
+    return results, engine.queries, time.perf_counter() - start
+
+
+def _max_active(engine: QueryEngine, arr: np.ndarray, cfg: EstimatorConfig) -> int:
+    """Enough samples in flight to fill `concurrency` full batches, and no more (memory)."""
+    d = int(np.prod(arr.shape[1:]))
+    per_request = min(cfg.directions, d) * cfg.queries_per_direction()
+    rows_per_sample = max(1, min(per_request, 16 * 2**20 // (8 * d)))
+    wanted = math.ceil(engine.batch_size * engine.concurrency / rows_per_sample) + 1
+    return int(min(max(wanted, 2), 256))
+
+
+def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:
+    eps = math.sqrt(2 * tau / est.lambda_max) if est.lambda_max > 0 else None
+    return SampleResult(
+        index=index,
+        predicted_class=est.predicted_class,
+        confidence=est.confidence,
+        lambda_max=est.lambda_max,
+        lambda_max_ci=est.lambda_max_ci,
+        lambda_max_raw=est.lambda_max_raw,
+        lambda_lower=est.lambda_lower,
+        lambda_lower_loose=est.lambda_lower_loose,
+        trace=est.trace,
+        stable_rank=est.stable_rank,
+        epsilon_tau=eps,
+        queries=est.queries,
+        method=est.method,
+        directions=est.directions,
+        directions_kind=est.directions_kind,
+    )
+
+
+def model_info(model: ProbabilityModel) -> ModelInfo:
+    ident = model.identity
+    return ModelInfo(
+        reference=ident.reference,
+        adapter=ident.adapter,
+        sha256=ident.sha256,
+        input_shape=list(model.input_spec.shape),
+        input_dtype=model.input_spec.dtype,
+        classes=model.num_classes,
+        provider=ident.provider,
+        output_kind=model.output_kind,
+        extra=dict(ident.extra),
+    )
+
+
+def _input_space(model: ProbabilityModel) -> str:
+    spec = model.input_spec
+    rng = f", values in [{spec.value_range[0]}, {spec.value_range[1]}]" if spec.value_range else ""
+    return f"the model's input tensor, shape {list(spec.shape)}, {spec.dtype}{rng}; L2 norm over all coordinates"
+
+
+def _check_options(
+    directions: int, scheme: str, estimator: str, tau: float, bootstrap: int, confidence: float,
+    limit: int | None, step: float | None,
+) -> None:
+    problems = [
+        (not isinstance(directions, int) or directions < 2, f"directions must be an integer >= 2 (got {directions!r})"),
+        (scheme not in ("central", "forward", "richardson"), f"scheme must be central, forward or richardson (got {scheme!r})"),
+        (estimator not in ("auto", "sketch", "exact"), f"estimator must be auto, sketch or exact (got {estimator!r})"),
+        (not (tau > 0 and math.isfinite(tau)), f"tau must be a positive number (got {tau!r})"),
+        (bootstrap < 100, f"bootstrap must be >= 100 resamples (got {bootstrap!r})"),
+        (not 0.5 <= confidence < 1, f"confidence must be in [0.5, 1) (got {confidence!r})"),
+        (limit is not None and limit < 1, f"limit must be >= 1 (got {limit!r})"),
+        (step is not None and not (step > 0 and math.isfinite(step)), f"step must be a positive number (got {step!r})"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise UsageError(message, "see `fimaudit audit --help` for the accepted values")

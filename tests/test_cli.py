@@ -1,0 +1,91 @@
+"""The `fimaudit` command as a user runs it: a real subprocess, real files, documented exit codes."""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import KnownModel
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "digits.onnx"
+EXAMPLE_DATA = ROOT / "examples" / "digits_test.npy"
+FRAMEWORKS = {"onnxruntime", "onnx", "torch", "tensorflow", "keras", "tritonclient", "jax"}
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "120"}
+    return subprocess.run([sys.executable, "-m", "fimaudit.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300)
+
+
+def test_audit_example_writes_report(tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    res = run("audit", str(EXAMPLE), "--data", str(EXAMPLE_DATA), "--out", str(out), "--limit", "10", "--directions", "32", "--seed", "4")
+    assert res.returncode == 0, res.stderr
+    assert "lambda_max" in res.stdout and "epsilon_tau" in res.stdout  # the summary table
+    report = json.loads(out.read_text())
+    assert report["summary"]["n"] == 10
+    assert report["config"]["directions"] == 32 and report["config"]["seed"] == 4
+    assert report["data"]["shape"] == [10, 1, 8, 8]
+
+
+def test_npz_input_and_same_seed_same_report(tmp_path: Path, mlp64: KnownModel) -> None:
+    np.savez(tmp_path / "x.npz", x=mlp64.x)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    for out in (a, b):
+        res = run("audit", str(mlp64.path), "--data", str(tmp_path / "x.npz"), "--out", str(out), "-k", "16", "-q")
+        assert res.returncode == 0, res.stderr
+    ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
+    assert ra["samples"] == rb["samples"]
+
+
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["audit", "{model}", "--data", "{tmp}/missing.npy"], 3, "does not exist"),
+        (["audit", "{tmp}/model.pt2", "--data", "{data}"], 4, "no installed adapter"),
+        (["audit", "{model}", "--data", "{data}", "--directions", "1"], 2, "directions"),
+        (["audit", "{model}", "--data", "{data}", "--outputs", "scores"], 2, "--outputs"),
+        (["audit", "{model}", "--data", "{bad}"], 3, "shape"),
+        (["audit", "{model}"], 2, "--data"),
+    ],
+)
+def test_exit_codes(tmp_path: Path, mlp64: KnownModel, args: list[str], code: int, message: str) -> None:
+    data, bad = tmp_path / "x.npy", tmp_path / "bad.npy"
+    np.save(data, mlp64.x[:2])
+    np.save(bad, mlp64.x[:2].reshape(2, -1)[:, :10])
+    fill = {"model": str(mlp64.path), "tmp": str(tmp_path), "data": str(data), "bad": str(bad)}
+    res = run(*(a.format(**fill) for a in args), "--out", str(tmp_path / "r.json"))
+    assert res.returncode == code, res.stdout + res.stderr
+    assert message in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_help_and_version() -> None:
+    res = run("--help")
+    assert res.returncode == 0 and "audit" in res.stdout
+    res = run("audit", "--help")
+    assert res.returncode == 0 and "--directions" in res.stdout
+    assert run("--version").stdout.startswith("fimaudit ")
+
+
+def test_core_never_imports_an_ml_framework() -> None:
+    code = (
+        "import sys, fimaudit, fimaudit.cli, fimaudit.estimators, fimaudit.conformance;"
+        "bad = [m for m in ('onnxruntime', 'onnx', 'torch', 'tensorflow', 'tritonclient', 'fimaudit_onnx') if m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout
+    for source in (ROOT / "fimaudit").glob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for name in names:
+                assert name.split(".")[0] not in FRAMEWORKS, f"{source.name} imports {name}"

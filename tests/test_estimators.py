@@ -1,0 +1,148 @@
+"""Black-box estimates against exact values computed another way (analytic Jacobians)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import KnownModel
+
+import fimaudit
+import reference
+
+
+def rel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.abs(np.asarray(a) - np.asarray(b)) / np.abs(np.asarray(b))
+
+
+def lambdas(report: fimaudit.AuditReport) -> np.ndarray:
+    return np.array([s.lambda_max for s in report.samples])
+
+
+def test_softmax_linear_closed_form_exact_mode(linear64: KnownModel) -> None:
+    model = fimaudit.load_model(linear64.path)
+    report = fimaudit.audit(model, linear64.x, directions=64, seed=0)
+    W = linear64.weights[0].T  # (K, d)
+    for s, x in zip(report.samples, linear64.x):
+        p = reference.softmax(W @ x.reshape(-1) + linear64.biases[0])
+        F = W.T @ (np.diag(p) - np.outer(p, p)) @ W  # the closed form of MATH.md
+        evals = np.linalg.eigvalsh(F)
+        assert s.method == "exact" and s.directions_kind == "coordinate"
+        assert s.lambda_max == pytest.approx(evals[-1], rel=1e-4)
+        assert s.trace == pytest.approx(np.trace(F), rel=1e-4)
+        assert s.lambda_lower == pytest.approx(evals[-1], rel=1e-4)  # the witness is the top direction
+        assert s.lambda_lower_loose is False
+
+
+def test_exact_mode_matches_analytic_jacobian(mlp64: KnownModel) -> None:
+    model = fimaudit.load_model(mlp64.path)
+    report = fimaudit.audit(model, mlp64.x[:5], estimator="exact", seed=0)
+    lam, tr, p = mlp64.exact(mlp64.x[:5])
+    assert np.all(rel(lambdas(report), lam) < 1e-4)
+    assert np.all(rel([s.trace for s in report.samples], tr) < 1e-4)
+    assert [s.predicted_class for s in report.samples] == list(np.argmax(p, axis=1))
+    assert all(s.queries == 1 + 2 * 192 + 2 for s in report.samples)
+
+
+def test_sketch_error_and_interval_coverage(mlp64: KnownModel) -> None:
+    model = fimaudit.load_model(mlp64.path)
+    report = fimaudit.audit(model, mlp64.x, directions=128, seed=3, estimator="sketch")
+    lam, tr, _ = mlp64.exact()
+    err = rel(lambdas(report), lam)
+    # sqrt(2/k) = 12.5% is the non-adaptive floor's standard deviation at k = 128
+    assert np.median(err) < 0.125
+    covered = [lo <= t <= hi for (lo, hi), t in zip((s.lambda_max_ci for s in report.samples), lam)]
+    assert sum(covered) >= 0.8 * len(covered)
+    assert np.median(rel([s.trace for s in report.samples], tr)) < 0.2
+    for s in report.samples:
+        assert s.method == "sketch" and s.directions == 128
+        assert s.lambda_max_ci[0] <= s.lambda_max <= s.lambda_max_ci[1]
+        assert s.stable_rank == pytest.approx(s.trace / s.lambda_max)
+
+
+def test_error_shrinks_with_directions(mlp64: KnownModel) -> None:
+    model = fimaudit.load_model(mlp64.path)
+    lam, _, _ = mlp64.exact()
+    small = np.median(rel(lambdas(fimaudit.audit(model, mlp64.x, directions=16, estimator="sketch")), lam))
+    large = np.median(rel(lambdas(fimaudit.audit(model, mlp64.x, directions=180, estimator="sketch")), lam))
+    assert large < small
+
+
+def test_witness_is_a_lower_bound(mlp64: KnownModel) -> None:
+    model = fimaudit.load_model(mlp64.path)
+    report = fimaudit.audit(model, mlp64.x, directions=64, estimator="sketch")
+    lam, _, _ = mlp64.exact()
+    for s, exact in zip(report.samples, lam):
+        assert s.lambda_lower is not None
+        assert s.lambda_lower <= exact * (1 + 1e-6)
+        assert s.lambda_lower_loose == (s.lambda_lower < 0.5 * s.lambda_max)
+
+
+@pytest.mark.parametrize("scheme", ["central", "forward", "richardson"])
+def test_schemes_in_exact_mode(mlp64: KnownModel, scheme: str) -> None:
+    model = fimaudit.load_model(mlp64.path)
+    report = fimaudit.audit(model, mlp64.x[:4], estimator="exact", scheme=scheme)
+    lam, _, _ = mlp64.exact(mlp64.x[:4])
+    tolerance = {"central": 1e-6, "forward": 1e-3, "richardson": 1e-8}[scheme]
+    assert np.all(rel(lambdas(report), lam) < tolerance)
+    per_direction = {"central": 2, "forward": 1, "richardson": 4}[scheme]
+    assert report.samples[0].queries == 1 + per_direction * (192 + 1)
+
+
+def test_float32_model_exact_mode(mlp32: KnownModel) -> None:
+    report = fimaudit.audit(fimaudit.load_model(mlp32.path), mlp32.x, estimator="exact")
+    lam, _, _ = mlp32.exact()
+    assert np.median(rel(lambdas(report), lam)) < 1e-3
+
+
+def test_same_seed_same_numbers_regardless_of_batching(mlp64: KnownModel) -> None:
+    a = fimaudit.audit(fimaudit.load_model(mlp64.path), mlp64.x, directions=32, seed=7)
+    b = fimaudit.audit(fimaudit.load_model(mlp64.path, max_batch_size=5), mlp64.x, directions=32, seed=7)
+    c = fimaudit.audit(fimaudit.load_model(mlp64.path), mlp64.x, directions=32, seed=7, limit=3)
+    other = fimaudit.audit(fimaudit.load_model(mlp64.path), mlp64.x, directions=32, seed=8)
+    assert a.samples == b.samples
+    assert a.samples[:3] == c.samples
+    assert a.samples != other.samples
+
+
+def test_fixed_batch_one_model(mlp64: KnownModel, mlp64_batch1: KnownModel) -> None:
+    single = fimaudit.load_model(mlp64_batch1.path)
+    assert single.max_batch_size == 1
+    a = fimaudit.audit(single, mlp64_batch1.x[:4], directions=16, seed=1)
+    lam, _, _ = mlp64_batch1.exact(mlp64_batch1.x[:4])
+    b = fimaudit.audit(fimaudit.load_model(mlp64_batch1.path.with_name("mlp64_b1.onnx")), mlp64_batch1.x[:4], directions=16, seed=1)
+    assert a.samples == b.samples
+    assert a.summary.queries == sum(s.queries for s in a.samples)
+    exact = fimaudit.audit(single, mlp64_batch1.x[:2], estimator="exact")
+    assert np.all(rel(lambdas(exact), lam[:2]) < 1e-4)
+
+
+def test_logit_outputs_detected_and_softmaxed(mlp64_logits: KnownModel) -> None:
+    model = fimaudit.load_model(mlp64_logits.path)
+    assert model.output_kind == "logits"
+    report = fimaudit.audit(model, mlp64_logits.x[:4], estimator="exact")
+    assert report.model.output_kind == "logits"
+    lam, _, p = mlp64_logits.exact(mlp64_logits.x[:4])
+    assert np.all(rel(lambdas(report), lam) < 1e-4)
+    assert np.allclose([s.confidence for s in report.samples], p.max(axis=1))
+
+
+def test_query_accounting(mlp64: KnownModel) -> None:
+    report = fimaudit.audit(fimaudit.load_model(mlp64.path, max_batch_size=7), mlp64.x, directions=20)
+    assert all(s.queries == 1 + 2 * 20 + 2 for s in report.samples)
+    assert report.summary.queries == sum(s.queries for s in report.samples)
+    assert report.summary.n == len(mlp64.x)
+
+
+def test_default_step_scales_with_the_data(mlp64: KnownModel, models_dir) -> None:
+    from conftest import make_known
+
+    # Same function on inputs scaled by 1000: weights / 1000, inputs * 1000, identical lambda * 1e-6.
+    wide = make_known(models_dir, "wide", hidden=(16,), shape=(3, 8, 8), classes=6, scale=3.0, n=4)
+    scaled_w = [wide.weights[0] / 1000, *wide.weights[1:]]
+    from fimaudit_onnx.build import mlp_to_onnx
+
+    path = models_dir / "wide_scaled.onnx"
+    mlp_to_onnx(scaled_w, wide.biases, activation="tanh", input_shape=(3, 8, 8), dtype=np.float64, path=path)
+    r1 = fimaudit.audit(fimaudit.load_model(wide.path), wide.x, directions=32, estimator="sketch")
+    r2 = fimaudit.audit(fimaudit.load_model(path), wide.x * 1000, directions=32, estimator="sketch")
+    assert r2.config.step == pytest.approx(r1.config.step * 1000)
+    assert np.allclose(lambdas(r2) * 1e6, lambdas(r1), rtol=1e-5)
