@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
-from fimaudit.errors import AdapterNotFoundError, ModelError
+from fimaudit.errors import AdapterNotFoundError
 from fimaudit.model import ProbabilityModel
 
 ENTRY_POINT_GROUP = "fimaudit.adapters"
@@ -59,18 +59,19 @@ class SimpleAdapter:
         return self.loader(reference, **options)
 
 
-def installed_adapters() -> list[Adapter]:
-    """Every adapter registered by an installed distribution, in name order."""
+def installed_adapters() -> tuple[list[Adapter], dict[str, str]]:
+    """Adapters registered by installed distributions, and those that failed to import (name: why).
+
+    A broken plugin is set aside rather than raised, so it cannot hide the adapters that work.
+    """
     found: list[Adapter] = []
+    broken: dict[str, str] = {}
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
             found.append(ep.load())
-        except Exception as exc:  # a broken plugin must not hide the others
-            raise ModelError(
-                f"the installed adapter '{ep.name}' ({ep.value}) failed to import: {exc}",
-                f"reinstall it, or uninstall the distribution that provides '{ep.name}'",
-            ) from exc
-    return found
+        except Exception as exc:  # any import-time failure of third-party code
+            broken[ep.name] = f"{type(exc).__name__}: {exc}"
+    return found, broken
 
 
 def load_model(reference: str | Path, **options: Any) -> ProbabilityModel:
@@ -79,11 +80,14 @@ def load_model(reference: str | Path, **options: Any) -> ProbabilityModel:
     `options` go to the adapter, e.g. `outputs="logits"`, `output_name=...`, `max_batch_size=...`.
     """
     ref = str(reference)
-    adapters = installed_adapters()
+    adapters, broken = installed_adapters()
     for adapter in adapters:
         if adapter.handles(ref):
             return adapter.load(ref, **options)
-    raise AdapterNotFoundError(_no_adapter_message(ref, adapters), _install_hint(ref))
+    message = _no_adapter_message(ref, adapters)
+    if broken:
+        message += " These adapters are installed but failed to import: " + "; ".join(f"{k} ({v})" for k, v in broken.items()) + "."
+    raise AdapterNotFoundError(message, _install_hint(ref))
 
 
 def _no_adapter_message(ref: str, adapters: list[Adapter]) -> str:

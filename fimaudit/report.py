@@ -136,7 +136,9 @@ def stats(values: list[float | None] | np.ndarray) -> Stats:
     return Stats(median=out[0], p90=out[1], p99=out[2], max=out[3], min=out[4])
 
 
-def summarize(samples: list[SampleResult], queries: int, wall_seconds: float) -> Summary:
+def summarize(samples: list[SampleResult], queries: int, wall_seconds: float, sent: int | None = None) -> Summary:
+    """Summary figures. `queries` is the samples' total; `sent` what this run itself sent (the
+    rate's numerator, which differs from `queries` when a run resumed from a journal)."""
     per_class: dict[str, ClassSummary] = {}
     for cls in sorted({s.predicted_class for s in samples}):
         members = [s for s in samples if s.predicted_class == cls]
@@ -152,7 +154,7 @@ def summarize(samples: list[SampleResult], queries: int, wall_seconds: float) ->
         per_class=per_class,
         queries=queries,
         wall_seconds=wall_seconds,
-        queries_per_second=queries / wall_seconds if wall_seconds > 0 else 0.0,
+        queries_per_second=(queries if sent is None else sent) / wall_seconds if wall_seconds > 0 else 0.0,
     )
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,6 +15,7 @@ from fimaudit.data import check_inputs, digest, input_scale
 from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample
+from fimaudit.journal import Journal
 from fimaudit.model import ProbabilityModel
 from fimaudit.report import (
     AuditConfig,
@@ -48,22 +51,33 @@ def audit(
     concurrency: int = 1,
     data_source: str | None = None,
     progress: Progress | None = None,
+    journal: str | Path | None = None,
+    restart: bool = False,
 ) -> AuditReport:
     """Audit `model` at each input of `x` (shape (n, *input_shape)) and return the report.
 
     Each sample's directions derive from (seed, index) alone, so batching, order and limits never
     change a sample's numbers: the same seed gives the same report (timing fields aside).
+    With `journal`, each finished sample is committed to that SQLite file first, and a rerun of
+    the same audit continues where it stopped (`restart=True` discards it).
     """
     _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step)
     arr = check_inputs(x, model.input_spec)
     scale = input_scale(arr)  # over all the data, so --limit never changes a sample's numbers
+    full_digest = digest(arr)
     if limit is not None:
         arr = arr[:limit]
     relative = None if step is not None else RELATIVE_STEP.get(model.output_dtype, 1e-2)
     h = float(step) if step is not None else relative * scale
     cfg = EstimatorConfig(directions, h, scheme, estimator, seed, bootstrap, confidence, witness)  # type: ignore[arg-type]
-    results, queries, wall = _run(model, arr, cfg, concurrency, progress)
-    samples = [_sample_result(i, est, tau) for i, est in sorted(results.items())]
+    binding = {"model": model_info(model).model_dump(), "data": full_digest, "config": asdict(cfg), "tau": tau}
+    book = Journal(journal, binding, restart=restart) if journal is not None else None
+    try:
+        samples, sent, wall = _run(model, arr, cfg, tau, concurrency, progress, book)
+    finally:
+        if book is not None:
+            book.close()
+    queries = sum(s.queries for s in samples)
     return AuditReport(
         tool=ToolInfo(version=__version__),
         model=model_info(model),
@@ -74,28 +88,32 @@ def audit(
             interval_method=INTERVAL_METHOD, input_space=_input_space(model),
         ),  # type: ignore[arg-type]
         samples=samples,
-        summary=summarize(samples, queries, wall),
+        summary=summarize(samples, queries, wall, sent),
     )
 
 
 def _run(
-    model: ProbabilityModel, arr: np.ndarray, cfg: EstimatorConfig, concurrency: int, progress: Progress | None
-) -> tuple[dict[int, SampleEstimate], int, float]:
+    model: ProbabilityModel, arr: np.ndarray, cfg: EstimatorConfig, tau: float, concurrency: int,
+    progress: Progress | None, book: Journal | None,
+) -> tuple[list[SampleResult], int, float]:
     engine = QueryEngine(model, concurrency=concurrency)
-    results: dict[int, SampleEstimate] = {}
+    results = {i: s for i, s in (book.finished() if book else {}).items() if i < len(arr)}
 
     def done(index: int, est: SampleEstimate) -> None:
-        results[index] = est
+        result = _sample_result(index, est, tau)
+        if book is not None:
+            book.commit(result)  # durable before it counts
+        results[index] = result
         if progress is not None:
             progress(len(results), len(arr), engine.queries)
 
     start = time.perf_counter()
-    tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in range(len(arr)))
+    tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in range(len(arr)) if i not in results)
     try:
         engine.run(tasks, done, max_active=_max_active(engine, arr, cfg))
     finally:
         engine.close()
-    return results, engine.queries, time.perf_counter() - start
+    return [results[i] for i in sorted(results)], engine.queries, time.perf_counter() - start
 
 
 def _max_active(engine: QueryEngine, arr: np.ndarray, cfg: EstimatorConfig) -> int:

@@ -1,0 +1,94 @@
+"""Audits survive kill -9: resume from the journal gives the uninterrupted run's report."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import KnownModel, make_known
+
+import fimaudit
+from fimaudit.errors import UsageError
+
+DRIVER = Path(__file__).with_name("resume_driver.py")
+
+
+def _timing_free(report: dict) -> dict:
+    summary = {k: v for k, v in report["summary"].items() if k not in ("wall_seconds", "queries_per_second")}
+    return {**report, "summary": summary}
+
+
+@pytest.fixture(scope="module")
+def slow_audit(models_dir: Path) -> tuple[KnownModel, Path]:
+    known = make_known(models_dir, "resume32", hidden=(32,), shape=(3, 8, 8), classes=8, dtype=np.float32, scale=3.0, n=400)
+    data = models_dir / "resume_x.npy"
+    np.save(data, known.x)
+    return known, data
+
+
+def _start(known: KnownModel, data: Path, journal: Path, out: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, str(DRIVER), str(known.path), str(data), str(journal), str(out)])
+
+
+def _committed(journal: Path) -> int:
+    if not journal.exists():
+        return 0
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True, timeout=5) as db:
+        try:
+            return int(db.execute("SELECT COUNT(*) FROM samples").fetchone()[0])
+        except sqlite3.OperationalError:  # tables not created yet
+            return 0
+
+
+def _kill_after(proc: subprocess.Popen[bytes], journal: Path, target: int, extra_delay: float) -> bool:
+    """SIGKILL once `target` samples are committed (plus a random delay); False if it finished first."""
+    while proc.poll() is None and _committed(journal) < target:
+        time.sleep(0.002)
+    time.sleep(extra_delay)
+    if proc.poll() is not None:
+        return False
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    return True
+
+
+def test_kill_9_at_20_random_moments(tmp_path: Path, slow_audit: tuple[KnownModel, Path]) -> None:
+    known, data = slow_audit
+    reference_out = tmp_path / "reference.json"
+    assert _start(known, data, tmp_path / "ref.sqlite", reference_out).wait(timeout=600) == 0
+    journal, out = tmp_path / "audit.sqlite", tmp_path / "report.json"
+    rng = np.random.default_rng(2024)
+    kills = 0
+    for _ in range(20):
+        # kill at a random point of progress: after 3-25 more committed samples, plus 0-5 ms
+        target = _committed(journal) + int(rng.integers(3, 25))
+        kills += _kill_after(_start(known, data, journal, out), journal, target, float(rng.uniform(0, 0.005)))
+        assert not out.exists()  # killed runs never leave a report, not even a partial one
+    assert kills == 20
+    assert _start(known, data, journal, out).wait(timeout=600) == 0
+    ours, theirs = json.loads(out.read_text()), json.loads(reference_out.read_text())
+    assert [s["index"] for s in ours["samples"]] == list(range(400))  # none lost or counted twice
+    assert _timing_free(ours) == _timing_free(theirs)
+
+
+def test_resume_skips_finished_samples_and_refuses_another_audit(tmp_path: Path, mlp64: KnownModel) -> None:
+    model = fimaudit.load_model(mlp64.path)
+    journal = tmp_path / "j.sqlite"
+    first = fimaudit.audit(model, mlp64.x, directions=16, limit=5, journal=journal)
+    more = fimaudit.audit(model, mlp64.x, directions=16, journal=journal)
+    assert more.samples[:5] == first.samples
+    assert more.summary.n == len(mlp64.x)
+    with pytest.raises(UsageError, match="belongs to another audit") as info:
+        fimaudit.audit(model, mlp64.x, directions=32, journal=journal)
+    assert "config" in info.value.message and "--restart" in info.value.fix
+    with pytest.raises(UsageError, match="data"):
+        fimaudit.audit(model, mlp64.x[::-1], directions=16, journal=journal)
+    fresh = fimaudit.audit(model, mlp64.x, directions=32, journal=journal, restart=True)
+    assert fresh.config.directions == 32
