@@ -7,10 +7,12 @@ of many samples together and memory stays bounded by one block of directions per
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
+
+from fimaudit.diagnostics import ResolutionProbe
 
 Scheme = Literal["central", "forward", "richardson"]
 EstimatorName = Literal["auto", "sketch", "exact"]
@@ -46,6 +48,7 @@ class EstimatorConfig:
     bootstrap: int = 1000
     confidence: float = 0.95
     witness: bool = True
+    output_dtype: str = "float32"
 
     def queries_per_direction(self) -> int:
         return len(SCHEME_POINTS[self.scheme])
@@ -75,6 +78,8 @@ class SampleEstimate:
     directions_kind: Literal["orthogonal", "gaussian", "coordinate"]
     queries: int
     probabilities: np.ndarray
+    resolution: float
+    flags: tuple[str, ...]
 
 
 def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generator[np.ndarray, np.ndarray, SampleEstimate]:
@@ -82,12 +87,16 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     shape = x.shape
     flat = np.asarray(x, dtype=np.float64).reshape(-1)
     d = flat.size
-    p0 = (yield flat.reshape(1, *shape))[0]
-    queries = 1
+    # The base input twice: a difference reveals nondeterministic outputs and their noise floor.
+    first, again = (yield np.stack([flat, flat]).reshape(2, *shape))
+    p0 = first
+    probe = ResolutionProbe(p0, cfg.output_dtype)
+    probe.repeat(again)
+    queries = 2
     method = cfg.resolve(d)
     k = d if method == "exact" else cfg.directions
     kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
-    base = _Base(flat, shape, np.sqrt(p0), _log(p0), cfg.step, cfg.scheme)
+    base = _Base(flat, shape, p0, cfg.step, cfg.scheme, probe)
     want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES
     cross = np.zeros((d, p0.size)) if want_witness else None
     rows: list[np.ndarray] = []
@@ -104,6 +113,12 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         direction = cross @ stats.top_vector
         lower = yield from base.rayleigh(direction)
         queries += cfg.queries_per_direction() if lower is not None else 0
+    level, flags = probe.resolution(cfg.step)
+    if stats.lambda_max <= level:
+        # Nothing above the output resolution: report the level itself as an upper bound, which
+        # is the conservative figure for a certificate, and say so.
+        flags.append("below_resolution")
+        stats = replace(stats, lambda_max=level, ci=(0.0, level))
     return SampleEstimate(
         predicted_class=int(np.argmax(p0)),
         confidence=float(np.max(p0)),
@@ -119,6 +134,8 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         directions_kind=kind,
         queries=queries,
         probabilities=p0,
+        resolution=level,
+        flags=tuple(flags),
     )
 
 
@@ -132,26 +149,28 @@ class _Base:
 
     flat: np.ndarray
     shape: tuple[int, ...]
-    sqrt_p: np.ndarray
-    log_p: np.ndarray
+    p: np.ndarray
     step: float
     scheme: Scheme
+    probe: ResolutionProbe
 
     def jvp(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
         """Rows A v_j for the rows v_j of `directions` (b, d), from perturbed queries."""
         b = len(directions)
         points = SCHEME_POINTS[self.scheme]
         inputs = np.concatenate([self.flat + (s * self.step) * directions for s in points])
-        logs = _log((yield inputs.reshape(len(inputs), *self.shape)))
-        parts = [logs[i * b : (i + 1) * b] for i in range(len(points))]
+        probs = yield inputs.reshape(len(inputs), *self.shape)
+        parts = [probs[i * b : (i + 1) * b] for i in range(len(points))]
+        self.probe.pairs(parts[0], parts[1] if len(parts) > 1 else np.broadcast_to(self.p, parts[0].shape))
+        logs = [_log(part) for part in parts]
         h = self.step
         if self.scheme == "forward":
-            deriv = (parts[0] - self.log_p) / h
+            deriv = (logs[0] - _log(self.p)) / h
         elif self.scheme == "central":
-            deriv = (parts[0] - parts[1]) / (2 * h)
+            deriv = (logs[0] - logs[1]) / (2 * h)
         else:  # Richardson: the h^2 terms of central differences at h and h/2 cancel
-            deriv = (4 * (parts[2] - parts[3]) / h - (parts[0] - parts[1]) / (2 * h)) / 3
-        return deriv * self.sqrt_p
+            deriv = (4 * (logs[2] - logs[3]) / h - (logs[0] - logs[1]) / (2 * h)) / 3
+        return deriv * np.sqrt(self.p)
 
     def rayleigh(self, direction: np.ndarray) -> Generator[np.ndarray, np.ndarray, float | None]:
         """||A v||^2 / ||v||^2 measured along one direction: a witnessed lower bound on lambda_max."""

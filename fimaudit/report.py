@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -73,6 +74,13 @@ class SampleResult(_Model):
     method: Literal["sketch", "exact"]
     directions: int
     directions_kind: Literal["orthogonal", "gaussian", "coordinate"]
+    lambda_max_resolution: float = Field(
+        description="Level below which lambda_max cannot be measured with this step and output resolution."
+    )
+    flags: list[str] = Field(
+        description="What limited the measurement: nondeterministic, quantized_outputs, saturated, "
+        "zero_probabilities, below_resolution (then lambda_max is that level, an upper bound)."
+    )
 
 
 class Stats(_Model):
@@ -94,6 +102,7 @@ class Summary(_Model):
     lambda_max: Stats
     epsilon_tau: Stats
     per_class: dict[str, ClassSummary]
+    flags: dict[str, int] = Field(description="How many samples carry each diagnostic flag.")
     queries: int
     wall_seconds: float
     queries_per_second: float
@@ -152,6 +161,7 @@ def summarize(samples: list[SampleResult], queries: int, wall_seconds: float, se
         lambda_max=stats([s.lambda_max for s in samples]),
         epsilon_tau=stats([s.epsilon_tau for s in samples]),
         per_class=per_class,
+        flags=dict(sorted(Counter(f for s in samples for f in s.flags).items())),
         queries=queries,
         wall_seconds=wall_seconds,
         queries_per_second=(queries if sent is None else sent) / wall_seconds if wall_seconds > 0 else 0.0,

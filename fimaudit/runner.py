@@ -69,7 +69,9 @@ def audit(
         arr = arr[:limit]
     relative = None if step is not None else RELATIVE_STEP.get(model.output_dtype, 1e-2)
     h = float(step) if step is not None else relative * scale
-    cfg = EstimatorConfig(directions, h, scheme, estimator, seed, bootstrap, confidence, witness)  # type: ignore[arg-type]
+    cfg = EstimatorConfig(
+        directions, h, scheme, estimator, seed, bootstrap, confidence, witness, model.output_dtype  # type: ignore[arg-type]
+    )
     binding = {"model": model_info(model).model_dump(), "data": full_digest, "config": asdict(cfg), "tau": tau}
     book = Journal(journal, binding, restart=restart) if journal is not None else None
     try:
@@ -143,6 +145,8 @@ def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:
         method=est.method,
         directions=est.directions,
         directions_kind=est.directions_kind,
+        lambda_max_resolution=est.resolution,
+        flags=list(est.flags),
     )
 
 
