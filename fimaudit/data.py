@@ -68,6 +68,13 @@ def check_inputs(x: object, spec: InputSpec) -> np.ndarray:
             f"{len(rows)} input(s) contain NaN or infinite values (first at index {int(rows[0])}).",
             "drop or repair those rows before auditing",
         )
+    limit = float(np.finfo(np.dtype(spec.dtype)).max) / 1e3 if np.dtype(spec.dtype).kind == "f" else np.inf
+    peak = float(np.abs(values).max())
+    if peak > limit:
+        raise DataError(
+            f"the inputs reach magnitude {peak:.3g}, too close to the largest {spec.dtype} ({np.finfo(np.dtype(spec.dtype)).max:.3g}) to perturb.",
+            "scale the inputs the way the model expects (e.g. pixels in [0, 1] or standardized)",
+        )
     return arr
 
 
@@ -92,8 +99,11 @@ def digest(arr: np.ndarray) -> str:
 def input_scale(arr: np.ndarray) -> float:
     """The spread of the inputs (their standard deviation) that default step sizes are relative to."""
     values = np.asarray(arr, dtype=np.float64)
-    spread = float(values.std())
-    if spread > 0 and np.isfinite(spread):
-        return spread
+    with np.errstate(over="ignore", under="ignore"):
+        spread = float(values.std())
     peak = float(np.abs(values).max())
-    return peak if peak > 0 else 1.0
+    # Constant or absurdly scaled data: fall back to the magnitude, then to unit scale.
+    for candidate in (spread, peak):
+        if 1e-100 < candidate < 1e100:
+            return candidate
+    return 1.0

@@ -69,6 +69,13 @@ def audit(
         arr = arr[:limit]
     relative = None if step is not None else RELATIVE_STEP.get(model.output_dtype, 1e-2)
     h = float(step) if step is not None else relative * scale
+    floor = max(_input_resolution(model, arr), 1e-100)  # below 1e-100, h**2 underflows
+    if h < floor:
+        raise UsageError(
+            f"step {h:.3g} is below the resolution of {model.input_spec.dtype} inputs of this size "
+            f"({floor:.3g}): the perturbed inputs would round back to the originals.",
+            "omit --step to use the default, or pass a larger one",
+        )
     cfg = EstimatorConfig(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness, model.output_dtype  # type: ignore[arg-type]
     )
@@ -163,6 +170,13 @@ def model_info(model: ProbabilityModel) -> ModelInfo:
         output_kind=model.output_kind,
         extra=dict(ident.extra),
     )
+
+
+def _input_resolution(model: ProbabilityModel, arr: np.ndarray) -> float:
+    """The smallest step that still changes the inputs once cast to the model's dtype."""
+    dtype = np.dtype(model.input_spec.dtype)
+    eps = float(np.finfo(dtype).eps) if dtype.kind == "f" else 1.0
+    return eps * max(float(np.abs(arr.astype(np.float64)).max()), float(np.finfo(dtype).tiny) / eps if dtype.kind == "f" else 1.0)
 
 
 def _input_space(model: ProbabilityModel) -> str:
