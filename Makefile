@@ -7,16 +7,21 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: setup demo test bench clean
 
-$(STAMP): pyproject.toml adapters/onnx/pyproject.toml
+$(STAMP): pyproject.toml $(wildcard adapters/*/pyproject.toml adapters/*/install.sh)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]' -e adapters/onnx
+	# Each adapter with heavier needs (frameworks, servers) installs them itself.
+	for script in adapters/*/install.sh; do [ -f "$$script" ] || continue; bash "$$script" "$(CURDIR)/$(VENV)" || exit 1; done
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/fimaudit audit examples/digits.onnx --data examples/digits_test.npy --out demo/report.json
+	mkdir -p demo
+	test -f demo/auditor.key || $(BIN)/fimaudit keygen --out demo/auditor
+	$(BIN)/fimaudit audit examples/digits.onnx --data examples/digits_test.npy --sign demo/auditor.key --policy examples/policy.toml --out demo/report.dsse.json
+	$(BIN)/fimaudit verify demo/report.dsse.json --key demo/auditor.pub --model examples/digits.onnx
 
 test: setup
 	$(BIN)/python -m pytest -q
@@ -25,4 +30,4 @@ bench: setup
 	$(BIN)/python benchmarks/accuracy.py
 
 clean:
-	rm -rf $(VENV) demo *.egg-info
+	rm -rf $(VENV) .venv-triton demo *.egg-info

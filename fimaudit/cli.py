@@ -1,6 +1,6 @@
 """The `fimaudit` command line.
 
-Exit codes (also in docs/cli.md):
+Exit codes (also in README.md):
   0  success (and, with --policy, the policy passed)
   1  the audit ran but the policy failed
   2  usage error: bad arguments, options or policy file
@@ -8,23 +8,57 @@ Exit codes (also in docs/cli.md):
   4  the model cannot be loaded, or its outputs are not valid probabilities/logits
   5  a query failed after retries, or a signature did not verify
   130 interrupted (Ctrl-C)
+
+`verify --require-pass` also exits 1 when the signed policy verdict failed or is absent.
 """
 from __future__ import annotations
 
+import getpass
+import json
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import typer
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+# Names, not the module: fimaudit.attest is the attest() function once fimaudit is imported.
+from fimaudit.attest import (
+    AuditPredicate,
+    VerificationResult,
+    attest,
+    envelope_to_bytes,
+    load_envelope,
+    load_signing_key,
+    predicate_json_schema,
+    require_attestable,
+    sign,
+    unverified_statement,
+    verify,
+)
 from fimaudit.data import load_inputs
+from fimaudit.dsse import SignatureError
 from fimaudit.errors import FimauditError, UsageError
 from fimaudit.fileio import atomic_write
-from fimaudit.registry import load_model
+from fimaudit.journal import remove_journal
+from fimaudit.keys import (
+    PASSPHRASE_ENV,
+    PRIVATE_SUFFIX,
+    PUBLIC_SUFFIX,
+    KeyFileError,
+    generate_keypair,
+    keyid,
+    load_public_key,
+    passphrase_from_env,
+)
+from fimaudit.policy import PolicyCheck, PolicyResult, load_policy
+from fimaudit.registry import adapter_for, load_model
 from fimaudit.report import AuditReport
 from fimaudit.runner import audit as run_audit
 
@@ -63,9 +97,11 @@ def _errors_to_exit_codes() -> Iterator[None]:
     try:
         yield
     except FimauditError as exc:
-        err.print(f"[bold red]error:[/] {exc.message}")
+        # Messages quote paths and policy syntax like [[check]]: never read them as markup.
+        # soft_wrap: long keyids and paths stay on one line, whole for copy and grep.
+        err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
         if exc.fix:
-            err.print(f"[bold]fix:[/] {exc.fix}")
+            err.print(f"[bold]fix:[/] {escape(exc.fix)}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
@@ -76,7 +112,10 @@ def _errors_to_exit_codes() -> Iterator[None]:
 def audit(
     model: str = typer.Argument(..., help="Model file (e.g. model.onnx) or endpoint URL."),
     data: Path = typer.Option(..., "--data", "-d", help="Inputs: .npy, .npz (array 'x') or .csv, shape (n, *input shape)."),
-    out_path: Path = typer.Option(Path("report.json"), "--out", "-o", help="Where to write the JSON report."),
+    out_path: Optional[Path] = typer.Option(
+        None, "--out", "-o",
+        help="Where to write the result (default report.json, or report.dsse.json with --sign).",
+    ),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Audit only the first N inputs."),
     directions: int = typer.Option(256, "--directions", "-k", help="Random directions per input (more: tighter estimate, more queries)."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same report."),
@@ -89,40 +128,281 @@ def audit(
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Maximum inputs per model call (default: the model's)."),
     concurrency: int = typer.Option(1, "--concurrency", help="Batches in flight at once (useful for remote endpoints)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
+    sign_key: Optional[Path] = typer.Option(
+        None, "--sign", help="Private key: write a signed DSSE envelope instead of the bare report.",
+    ),
+    policy_path: Optional[Path] = typer.Option(
+        None, "--policy", help="Policy TOML: record a pass/fail verdict; exit 1 when it fails.",
+    ),
+    journal: Optional[Path] = typer.Option(
+        None, "--journal", help="Journal of finished samples (default: OUT.journal); rerunning resumes from it.",
+    ),
+    restart: bool = typer.Option(False, "--restart", help="Discard the journal and start the audit afresh."),
+    header_env: Optional[str] = typer.Option(
+        None, "--header-env", help="Environment variable holding extra request headers for endpoints (never logged).",
+    ),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds allowed per request to an endpoint."),
 ) -> None:
-    """Audit MODEL on the inputs in --data and write a JSON report."""
+    """Audit MODEL on the inputs in --data and write a JSON report.
+
+    With --sign, --out gets a DSSE envelope whose signed predicate holds the report and,
+    with --policy, the verdict. With --policy alone, --out gets that predicate unsigned.
+    """
     with _errors_to_exit_codes():
-        options = _model_options(outputs, output_name, batch_size)
+        options = _model_options(outputs, output_name, batch_size, header_env=header_env, timeout=timeout)
+        # Policy and key problems surface before the audit spends any queries.
+        policy = load_policy(policy_path) if policy_path is not None else None
+        key = _signing_key(sign_key) if sign_key is not None else None
         x = load_inputs(data)
         loaded = load_model(model, **options)
+        if key is not None:
+            require_attestable(loaded.identity.sha256, model)
+        target = out_path or Path("report.dsse.json" if key is not None else "report.json")
+        book = journal or target.with_name(target.name + ".journal")
         try:
             with _progress(quiet) as progress:
                 report = run_audit(
                     loaded, x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
                     tau=tau, limit=limit, concurrency=concurrency, data_source=str(data), progress=progress,
+                    journal=book, restart=restart,
                 )
         finally:
             loaded.close()
-        atomic_write(out_path, report.to_json().encode())
-        if not quiet:
-            print_summary(report)
-            out.print(f"report written to [bold]{out_path}[/]")
+        verdict = policy.evaluate(report) if policy is not None else None
+        atomic_write(target, _audit_output(report, verdict, key, model))
+        remove_journal(book)  # the report now holds every sample; a rerun starts afresh
+        _print_audit_result(report, verdict, target, signed=key is not None, quiet=quiet)
+    if verdict is not None and not verdict.passed:
+        raise typer.Exit(1)
+
+
+def _audit_output(report: AuditReport, verdict: PolicyResult | None, key: Ed25519PrivateKey | None, model: str) -> bytes:
+    """The bytes for --out: envelope when signing, predicate with a policy, else the bare report."""
+    if key is not None:
+        # A local model path is re-hashed, so a file swapped during the audit is never attested.
+        model_path = model if Path(model).exists() else None
+        return envelope_to_bytes(attest(report, key, verdict, model_path))
+    if verdict is not None:
+        return AuditPredicate(report=report, policy=verdict).to_json().encode()
+    return report.to_json().encode()
+
+
+def _print_audit_result(report: AuditReport, verdict: PolicyResult | None, target: Path, *, signed: bool, quiet: bool) -> None:
+    if not quiet:
+        print_summary(report)
+        if verdict is not None:
+            print_policy(verdict)
+        what = "signed report" if signed else "report"
+        out.print(f"{what} written to [bold]{escape(str(target))}[/]")
+    if verdict is not None and not verdict.passed:
+        # Said on stderr even with --quiet: exit code 1 alone does not say which check failed.
+        for check in verdict.failed_checks():
+            err.print(f"[bold red]policy failed:[/] {escape(_describe_check(check))}", soft_wrap=True)
 
 
 @app.command()
-def schema() -> None:
-    """Print the JSON Schema of the audit report (published as docs/report.schema.json)."""
+def schema(
+    predicate: bool = typer.Option(False, "--predicate", help="Print the signed predicate's schema instead."),
+) -> None:
+    """Print the JSON Schema of the report, or with --predicate of the signed predicate.
+
+    Published as docs/report.schema.json and docs/predicate.schema.json.
+    """
     from fimaudit.report import json_schema
 
-    typer.echo(json_schema(), nl=False)
+    typer.echo(predicate_json_schema() if predicate else json_schema(), nl=False)
 
 
-def _model_options(outputs: str | None, output_name: str | None, batch_size: int | None) -> dict[str, Any]:
+@app.command()
+def keygen(
+    out_prefix: Path = typer.Option(..., "--out", "-o", help="Prefix: writes PREFIX.key (mode 0600) and PREFIX.pub."),
+    passphrase_env: Optional[str] = typer.Option(
+        None, "--passphrase-env", metavar="VAR", help="Encrypt the private key with the passphrase in environment variable VAR.",
+    ),
+    encrypt: bool = typer.Option(False, "--encrypt", help="Encrypt the private key with a passphrase typed at a prompt."),
+    force: bool = typer.Option(False, "--force", help="Replace existing key files (the old key is lost for good)."),
+) -> None:
+    """Create an Ed25519 key pair for signing reports and print its keyid."""
+    with _errors_to_exit_codes():
+        if not force:
+            _refuse_existing_keys(out_prefix)
+        passphrase = _new_passphrase(passphrase_env, encrypt)
+        key_path, pub_path = generate_keypair(out_prefix, passphrase, overwrite=force)
+        kid = keyid(load_public_key(pub_path))
+    state = "encrypted" if passphrase else "not encrypted"
+    typer.echo(f"private key: {key_path} (mode 0600, {state})")
+    typer.echo(f"public key:  {pub_path}")
+    typer.echo(f"keyid: {kid}")
+    if passphrase is None and passphrase_from_env() is not None:
+        err.print(f"note: {PASSPHRASE_ENV} is set but this key is not encrypted; "
+                  f"use --passphrase-env {PASSPHRASE_ENV} to encrypt it")
+
+
+@app.command("sign")
+def sign_cmd(
+    envelope: Path = typer.Argument(..., help="A signed report (.dsse.json) to co-sign in place."),
+    key_path: Path = typer.Option(..., "--key", "-k", help="Your private key."),
+) -> None:
+    """Add your signature to a signed report (e.g. the model owner's, next to the auditor's)."""
+    with _errors_to_exit_codes():
+        key = _signing_key(key_path)
+        cosigned = sign(load_envelope(envelope), key)
+        atomic_write(envelope, envelope_to_bytes(cosigned))
+        statement = unverified_statement(cosigned)
+    typer.echo(f"co-signed {envelope} with key {keyid(key.public_key())}")
+    for subject in statement["subject"]:
+        typer.echo(f"  subject  {subject['name']}  sha256:{subject['digest']['sha256']}")
+    typer.echo(f"  signatures now: {len(cosigned['signatures'])}")
+
+
+@app.command("verify")
+def verify_cmd(
+    envelope: Path = typer.Argument(..., help="The signed report (.dsse.json), or with --endpoint alone a plain report."),
+    key_paths: List[Path] = typer.Option([], "--key", "-k", help="Public key that must have signed (repeat for each)."),
+    model: Optional[Path] = typer.Option(None, "--model", "-m", help="Model file or directory that must match the subject."),
+    require_pass: bool = typer.Option(False, "--require-pass", help="Exit 1 unless the signed policy verdict passed."),
+    endpoint: Optional[str] = typer.Option(
+        None, "--endpoint", help="Re-query this endpoint and check it still serves the audited model (its fingerprint).",
+    ),
+    tolerance: float = typer.Option(1e-5, "--tolerance", help="Largest probability difference accepted by --endpoint."),
+) -> None:
+    """Check that every --key signed ENVELOPE and, with --model, that it is about that model.
+
+    With --endpoint, also re-query the endpoint on the report's fingerprint probes.
+    Exit 0 when all checks pass, 5 with the reason when any fails.
+    """
+    with _errors_to_exit_codes():
+        if key_paths:
+            keys = [load_public_key(p) for p in key_paths]
+            names = {keyid(k): p for k, p in zip(keys, key_paths)}
+            result = verify(envelope, keys, model)
+            _print_verification(envelope, result, names, model)
+            report = result.predicate.report
+        elif endpoint is not None:
+            report = _plain_report(envelope)
+        else:
+            raise UsageError("no --key given.", "name each public key that must have signed: --key auditor.pub")
+        if endpoint is not None:
+            _check_endpoint(report, endpoint, tolerance)
+    if key_paths and require_pass and result.policy_passed is not True:
+        err.print("[bold red]policy:[/] " + ("no policy verdict in the report" if result.policy_passed is None else "failed"))
+        raise typer.Exit(1)
+
+
+def _plain_report(path: Path) -> AuditReport:
+    """An unsigned report or predicate; a signed envelope must be verified with --key first."""
+    data = json.loads(path.read_bytes()) if path.is_file() else None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} is not a fimaudit report.", "pass the JSON report written by fimaudit audit")
+    if "payloadType" in data:
+        raise UsageError(f"{path} is a signed envelope.", "pass --key to verify its signatures as well")
+    return AuditReport.model_validate(data.get("report", data))
+
+
+def _check_endpoint(report: AuditReport, url: str, tolerance: float) -> None:
+    recorded = report.model.extra.get("fingerprint")
+    if recorded is None:
+        raise UsageError("the report holds no endpoint fingerprint.", "--endpoint checks reports of endpoint audits")
+    adapter = adapter_for(url)
+    check = getattr(adapter, "check_fingerprint", None)
+    if check is None:
+        raise UsageError(f"the {adapter.name} adapter cannot re-check fingerprints.", "verify the model file with --model instead")
+    outcome = check(url, recorded, tolerance)
+    if not outcome.matches:
+        raise SignatureError(
+            f"the endpoint {url} no longer serves the audited model: {outcome.reason}",
+            "re-audit the endpoint, or find the model version that was audited",
+        )
+    typer.echo(f"  endpoint    {url} matches the audited fingerprint (max difference {outcome.max_abs_difference:.3g} <= {tolerance:g})")
+
+
+def _print_verification(envelope: Path, result: VerificationResult, names: dict[str, Path], model: Path | None) -> None:
+    typer.echo(f"verified: {envelope}")
+    for kid in result.signers:
+        typer.echo(f"  signed by   {kid}  ({names[kid]})")
+    for kid in result.unverified:
+        typer.echo(f"  also signed {kid}  (not checked: no key given)")
+    for subject in result.subjects:
+        typer.echo(f"  subject     {subject.name}  sha256:{subject.sha256}")
+    if model is not None:
+        typer.echo(f"  model       {model} matches the subject")
+    report = result.predicate.report
+    typer.echo(f"  report      {report.summary.n} inputs, fimaudit {report.tool.version}, data sha256:{report.data.sha256}")
+    typer.echo(f"  policy      {_verdict_line(result.predicate.policy)}")
+
+
+def _verdict_line(verdict: PolicyResult | None) -> str:
+    if verdict is None:
+        return "none (signed without --policy)"
+    passed = sum(c.passed for c in verdict.checks)
+    state = "PASSED" if verdict.passed else "FAILED"
+    lines = [f"{state} ({passed} of {len(verdict.checks)} checks; {verdict.source} sha256:{verdict.sha256})"]
+    lines += [f"    {'ok  ' if c.passed else 'FAIL'} {_describe_check(c)}" for c in verdict.checks]
+    return "\n".join(lines)
+
+
+def _describe_check(check: PolicyCheck) -> str:
+    measured = "unbounded" if check.measured is None else f"{check.measured:.6g}"
+    return f"{check.figure} {check.comparator} {check.threshold:g} (measured {measured})"
+
+
+def _signing_key(path: Path) -> Ed25519PrivateKey:
+    """Load a private key; prompt for its passphrase only when a person can answer."""
+    prompt = _prompt_passphrase if sys.stdin.isatty() else None
+    return load_signing_key(path, prompt)
+
+
+def _prompt_passphrase(path: Path) -> bytes:
+    return getpass.getpass(f"passphrase for {path}: ").encode("utf-8")
+
+
+def _refuse_existing_keys(prefix: Path) -> None:
+    # Checked here, before any prompt, and with the CLI's own way out (--force).
+    for suffix in (PRIVATE_SUFFIX, PUBLIC_SUFFIX):
+        path = prefix.with_name(prefix.name + suffix)
+        if path.exists():
+            raise KeyFileError(f"refusing to overwrite existing key file {path}",
+                               "choose another --out prefix, or pass --force (the old key is lost for good)")
+
+
+def _new_passphrase(env_var: str | None, encrypt: bool) -> bytes | None:
+    """The passphrase for a new key: from --passphrase-env, a prompt (--encrypt), or none."""
+    if env_var is not None and encrypt:
+        raise UsageError("--passphrase-env and --encrypt are alternatives", "pass only one of them")
+    if env_var is not None:
+        passphrase = passphrase_from_env(env_var)
+        if passphrase is None:
+            raise UsageError(f"environment variable {env_var} is unset or empty", f"export {env_var}=<passphrase> first")
+        return passphrase
+    return _prompt_new_passphrase() if encrypt else None
+
+
+def _prompt_new_passphrase() -> bytes:
+    if not sys.stdin.isatty():
+        raise UsageError("--encrypt asks for the passphrase at a prompt, but stdin is not a terminal",
+                         "use --passphrase-env VAR instead")
+    first = getpass.getpass("new passphrase: ")
+    if not first:
+        raise UsageError("the passphrase is empty", "type a passphrase, or drop --encrypt")
+    if getpass.getpass("repeat passphrase: ") != first:
+        raise UsageError("the passphrases differ", "run keygen again")
+    return first.encode("utf-8")
+
+
+def _model_options(
+    outputs: str | None, output_name: str | None, batch_size: int | None, *, header_env: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, Any]:
     if outputs not in (None, "probabilities", "logits"):
         raise UsageError(f"--outputs must be 'probabilities' or 'logits' (got {outputs!r}).", "omit it to detect automatically")
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1 (got {batch_size}).", "omit it to use the model's own maximum")
-    options: dict[str, Any] = {"outputs": outputs, "output_name": output_name, "max_batch_size": batch_size}
+    if timeout is not None and not timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds (got {timeout}).", "omit it for the adapter's default")
+    options: dict[str, Any] = {
+        "outputs": outputs, "output_name": output_name, "max_batch_size": batch_size,
+        "header_env": header_env, "timeout": timeout,
+    }
     return {k: v for k, v in options.items() if v is not None}
 
 
@@ -161,6 +441,16 @@ def print_summary(report: AuditReport) -> None:
         f"{report.model.provider or report.model.adapter}; estimator {report.config.estimator}, "
         f"{report.config.directions} directions, {report.config.scheme} differences, step {report.config.step:.3g}"
     )
+
+
+def print_policy(verdict: PolicyResult) -> None:
+    """One row per check, so a failed verdict says exactly which threshold was missed."""
+    table = Table(title=f"policy {verdict.source}: {'PASSED' if verdict.passed else 'FAILED'}")
+    for col in ("figure", "check", "measured", "result"):
+        table.add_column(col)
+    for c in verdict.checks:
+        table.add_row(c.figure, f"{c.comparator} {c.threshold:g}", _fmt(c.measured), "ok" if c.passed else "[bold red]FAIL[/]")
+    out.print(table)
 
 
 def _fmt(value: float | None) -> str:

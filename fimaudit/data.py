@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fimaudit.errors import DataError
 from fimaudit.model import InputSpec
+
+_CHUNK_BYTES = 32 * 2**20
 
 
 def load_inputs(path: str | Path) -> np.ndarray:
@@ -18,7 +21,8 @@ def load_inputs(path: str | Path) -> np.ndarray:
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
-            return np.load(p, allow_pickle=False)  # never unpickle an untrusted file
+            # Memory-mapped: inputs are read as they are audited, never all held at once.
+            return np.load(p, allow_pickle=False, mmap_mode="r")  # never unpickle an untrusted file
         if suffix == ".npz":
             return _from_npz(p)
         if suffix == ".csv":
@@ -46,7 +50,7 @@ def _from_csv(p: Path) -> np.ndarray:
     return np.loadtxt(p, delimiter=",", skiprows=1 if has_header else 0, ndmin=2)
 
 
-def check_inputs(x: object, spec: InputSpec) -> np.ndarray:
+def check_inputs(x: object, spec: InputSpec) -> tuple[np.ndarray, DataStats]:
     """The inputs as an (n, *spec.shape) array, or a DataError naming what is wrong."""
     arr = np.asarray(x)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
@@ -60,22 +64,64 @@ def check_inputs(x: object, spec: InputSpec) -> np.ndarray:
         raise DataError("there are no inputs to audit (the array is empty).", "pass at least one input")
     if tuple(arr.shape[1:]) != shape:
         raise DataError(_shape_message(arr.shape, shape), _shape_fix(arr.shape, shape))
-    values = arr.astype(np.float64)
-    bad = ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
-    if bad.any():
-        rows = np.flatnonzero(bad)
+    stats = scan(arr)
+    if stats.bad_rows:
         raise DataError(
-            f"{len(rows)} input(s) contain NaN or infinite values (first at index {int(rows[0])}).",
+            f"{stats.bad_rows} input(s) contain NaN or infinite values (first at index {stats.first_bad}).",
             "drop or repair those rows before auditing",
         )
-    limit = float(np.finfo(np.dtype(spec.dtype)).max) / 1e3 if np.dtype(spec.dtype).kind == "f" else np.inf
-    peak = float(np.abs(values).max())
-    if peak > limit:
+    dtype = np.dtype(spec.dtype)
+    limit = float(np.finfo(dtype).max) / 1e3 if dtype.kind == "f" else np.inf
+    if stats.peak > limit:
         raise DataError(
-            f"the inputs reach magnitude {peak:.3g}, too close to the largest {spec.dtype} ({np.finfo(np.dtype(spec.dtype)).max:.3g}) to perturb.",
+            f"the inputs reach magnitude {stats.peak:.3g}, too close to the largest {spec.dtype} ({np.finfo(dtype).max:.3g}) to perturb.",
             "scale the inputs the way the model expects (e.g. pixels in [0, 1] or standardized)",
         )
-    return arr
+    return arr, stats
+
+
+@dataclass(frozen=True)
+class DataStats:
+    """What one streaming pass over the inputs learns (memory-mapped arrays stay on disk)."""
+
+    sha256: str
+    std: float
+    peak: float
+    bad_rows: int
+    first_bad: int | None
+
+
+def scan(arr: np.ndarray) -> DataStats:
+    """sha256 of the C-order bytes, standard deviation, peak magnitude and non-finite rows, by chunks."""
+    h = hashlib.sha256()
+    n_rows = len(arr)
+    per_chunk = max(1, _CHUNK_BYTES // max(1, arr[0].nbytes))
+    count, mean, m2, peak, bad, first_bad = 0, 0.0, 0.0, 0.0, 0, None
+    for start in range(0, n_rows, per_chunk):
+        chunk = np.ascontiguousarray(arr[start : start + per_chunk])
+        h.update(chunk.tobytes())
+        values = chunk.reshape(len(chunk), -1).astype(np.float64)
+        finite = np.isfinite(values).all(axis=1)
+        if not finite.all():
+            bad += int((~finite).sum())
+            first_bad = first_bad if first_bad is not None else start + int(np.flatnonzero(~finite)[0])
+            values = values[finite]
+        if values.size:
+            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+                count, mean, m2 = _welford(count, mean, m2, values)
+            peak = max(peak, float(np.abs(values).max()))
+    std = float(np.sqrt(m2 / count)) if count else 0.0
+    return DataStats(h.hexdigest(), std, peak, bad, first_bad)
+
+
+def _welford(count: int, mean: float, m2: float, values: np.ndarray) -> tuple[int, float, float]:
+    """Merge a chunk into running (count, mean, sum of squared deviations): Chan et al.'s update."""
+    n = values.size
+    chunk_mean = float(values.mean())
+    chunk_m2 = float(((values - chunk_mean) ** 2).sum())
+    total = count + n
+    delta = chunk_mean - mean
+    return total, mean + delta * n / total, m2 + chunk_m2 + delta * delta * count * n / total
 
 
 def _shape_message(got: tuple[int, ...], want: tuple[int, ...]) -> str:
@@ -93,17 +139,13 @@ def _shape_fix(got: tuple[int, ...], want: tuple[int, ...]) -> str:
 
 def digest(arr: np.ndarray) -> str:
     """sha256 of the array's C-order bytes: together with shape and dtype it identifies the data."""
-    return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+    return scan(arr).sha256
 
 
-def input_scale(arr: np.ndarray) -> float:
+def input_scale(stats: DataStats) -> float:
     """The spread of the inputs (their standard deviation) that default step sizes are relative to."""
-    values = np.asarray(arr, dtype=np.float64)
-    with np.errstate(over="ignore", under="ignore"):
-        spread = float(values.std())
-    peak = float(np.abs(values).max())
     # Constant or absurdly scaled data: fall back to the magnitude, then to unit scale.
-    for candidate in (spread, peak):
+    for candidate in (stats.std, stats.peak):
         if 1e-100 < candidate < 1e100:
             return candidate
     return 1.0

@@ -81,7 +81,11 @@ class QueryEngine:
         active: list[_Active[R]] = []
         exhausted = False
         while True:
-            while not exhausted and len(active) < max_active:
+            # Admit samples until there are enough pending rows to fill every batch in flight
+            # (requests of 2 rows would otherwise leave batches half empty), within max_active.
+            while not exhausted and len(active) < max_active and (
+                len(active) < 2 or sum(a.remaining for a in active) < self.batch_size * self.concurrency
+            ):
                 nxt = next(source, None)
                 if nxt is None:
                     exhausted = True
@@ -121,7 +125,13 @@ class QueryEngine:
                     entry = next(cursor, None)
             batches.append(pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0))
             owners.append(taken)
-        for outputs, taken in zip(self._predict_batches(batches), owners):
+        try:
+            answers = self._predict_batches(batches)
+        except QueryError as exc:
+            # Name the samples whose queries were lost, so that nothing fails silently.
+            lost = sorted({owner.key for taken in owners for owner, _ in taken})
+            raise type(exc)(f"{exc.message} Samples not audited: {lost}.", exc.fix) from exc
+        for outputs, taken in zip(answers, owners):
             offset = 0
             for owner, count in taken:
                 owner.parts.append(outputs[offset : offset + count])

@@ -25,11 +25,14 @@ SCHEME_POINTS: dict[str, tuple[float, ...]] = {
 }
 # One block of perturbed inputs (float64) is kept under this size, whatever d is.
 BLOCK_BYTES = 16 * 2**20
-# Orthogonal direction groups need a d x min(k, d) QR; past this many entries use i.i.d. Gaussian
-# columns, which have the same law when k << d (the only case where the QR would be that large).
+# Orthogonal direction groups need a d x min(k, d) QR. They only help when k is a sizeable fraction
+# of d (a third less error at k = d/2, exact at k = d); for k < d/16 i.i.d. Gaussian directions have
+# the same law and skip the QR, as they do past this many entries.
 ORTHOGONAL_MAX_ENTRIES = 4_000_000
+ORTHOGONAL_MIN_FRACTION = 1 / 16
 # The witness direction needs sum_j omega_j y_j^T (d x K); skip it when that would be large.
 WITNESS_MAX_ENTRIES = 20_000_000
+WITNESS_MIN_RATIO = 64
 JACKKNIFE_GROUPS = 20
 # Clamp probabilities before the log: a class whose probability underflows contributes
 # sqrt(p) * (log difference) ~ 0 to A v anyway.
@@ -49,6 +52,7 @@ class EstimatorConfig:
     confidence: float = 0.95
     witness: bool = True
     output_dtype: str = "float32"
+    input_dtype: str = "float64"
 
     def queries_per_direction(self) -> int:
         return len(SCHEME_POINTS[self.scheme])
@@ -88,7 +92,7 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     flat = np.asarray(x, dtype=np.float64).reshape(-1)
     d = flat.size
     # The base input twice: a difference reveals nondeterministic outputs and their noise floor.
-    first, again = (yield np.stack([flat, flat]).reshape(2, *shape))
+    first, again = (yield np.stack([flat, flat]).astype(cfg.input_dtype).reshape(2, *shape))
     p0 = first
     probe = ResolutionProbe(p0, cfg.output_dtype)
     probe.repeat(again)
@@ -96,21 +100,22 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     method = cfg.resolve(d)
     k = d if method == "exact" else cfg.directions
     kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
-    base = _Base(flat, shape, p0, cfg.step, cfg.scheme, probe)
-    want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES
-    cross = np.zeros((d, p0.size)) if want_witness else None
+    base = _Base(flat, shape, p0, cfg.step, cfg.scheme, probe, cfg.input_dtype)
+    # The witness aligns with the worst direction only to about k/d: below k = d/64 it says nothing.
+    want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES and k * WITNESS_MIN_RATIO >= d
+    cross = np.zeros((p0.size, d)) if want_witness else None  # K x d: row-major products are fast
     rows: list[np.ndarray] = []
     for block in blocks:
         y = yield from base.jvp(block)
         queries += len(block) * cfg.queries_per_direction()
         rows.append(y)
         if cross is not None:
-            cross += block.T @ y  # accumulates Omega Y^T so the witness needs no regeneration
+            cross += y.T @ block  # accumulates Y^T Omega so the witness needs no regeneration
     y_all = np.concatenate(rows, axis=0)
     stats = sketch_statistics(y_all, exact=method == "exact", cfg=cfg, index=index)
     lower = None
     if cross is not None:
-        direction = cross @ stats.top_vector
+        direction = stats.top_vector @ cross
         lower = yield from base.rayleigh(direction)
         queries += cfg.queries_per_direction() if lower is not None else 0
     level, flags = probe.resolution(cfg.step)
@@ -153,12 +158,16 @@ class _Base:
     step: float
     scheme: Scheme
     probe: ResolutionProbe
+    dtype: str = "float64"
 
     def jvp(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
         """Rows A v_j for the rows v_j of `directions` (b, d), from perturbed queries."""
         b = len(directions)
         points = SCHEME_POINTS[self.scheme]
-        inputs = np.concatenate([self.flat + (s * self.step) * directions for s in points])
+        # Built straight in the model's dtype: half the memory of float64 for float32 models.
+        inputs = np.empty((len(points) * b, self.flat.size), dtype=self.dtype)
+        for i, s in enumerate(points):
+            np.add(self.flat, (s * self.step) * directions, out=inputs[i * b : (i + 1) * b], casting="unsafe")
         probs = yield inputs.reshape(len(inputs), *self.shape)
         parts = [probs[i * b : (i + 1) * b] for i in range(len(points))]
         self.probe.pairs(parts[0], parts[1] if len(parts) > 1 else np.broadcast_to(self.p, parts[0].shape))
@@ -190,7 +199,7 @@ def direction_blocks(
     per_block = max(1, min(256, BLOCK_BYTES // (8 * d * cfg.queries_per_direction())))
     if method == "exact":
         return "coordinate", _coordinate_blocks(d, per_block)
-    if d * min(k, d) <= ORTHOGONAL_MAX_ENTRIES:
+    if d * min(k, d) <= ORTHOGONAL_MAX_ENTRIES and k >= ORTHOGONAL_MIN_FRACTION * d:
         return "orthogonal", _orthogonal_blocks(rng, d, k, per_block)
     return "gaussian", _gaussian_blocks(rng, d, k, per_block)
 

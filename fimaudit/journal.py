@@ -32,8 +32,7 @@ class Journal:
     def __init__(self, path: str | Path, binding: dict[str, Any], *, restart: bool = False) -> None:
         self.path = Path(path)
         if restart:
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            remove_journal(self.path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -72,3 +71,9 @@ class Journal:
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
     return "it differs in: " + ", ".join(changed) if changed else "its key differs"
+
+
+def remove_journal(path: str | Path) -> None:
+    """Delete a journal with its WAL and shared-memory files."""
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)

@@ -19,6 +19,9 @@ _INSTALL_HINTS = {
     ".pt2": "fimaudit-torch",
     "triton": "fimaudit-triton",
     "triton+grpc": "fimaudit-triton",
+    "triton+http": "fimaudit-triton",
+    "triton+https": "fimaudit-triton",
+    "triton+grpcs": "fimaudit-triton",
     "savedmodel": "fimaudit-tensorflow",
 }
 
@@ -80,10 +83,15 @@ def load_model(reference: str | Path, **options: Any) -> ProbabilityModel:
     `options` go to the adapter, e.g. `outputs="logits"`, `output_name=...`, `max_batch_size=...`.
     """
     ref = str(reference)
+    return adapter_for(ref).load(ref, **options)
+
+
+def adapter_for(ref: str) -> Adapter:
+    """The first installed adapter that handles `ref`, or AdapterNotFoundError saying what to install."""
     adapters, broken = installed_adapters()
     for adapter in adapters:
         if adapter.handles(ref):
-            return adapter.load(ref, **options)
+            return adapter
     message = _no_adapter_message(ref, adapters)
     if broken:
         message += " These adapters are installed but failed to import: " + "; ".join(f"{k} ({v})" for k, v in broken.items()) + "."

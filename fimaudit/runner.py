@@ -61,15 +61,16 @@ def audit(
     With `journal`, each finished sample is committed to that SQLite file first, and a rerun of
     the same audit continues where it stopped (`restart=True` discards it).
     """
-    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step)
-    arr = check_inputs(x, model.input_spec)
-    scale = input_scale(arr)  # over all the data, so --limit never changes a sample's numbers
-    full_digest = digest(arr)
-    if limit is not None:
+    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed)
+    arr, stats = check_inputs(x, model.input_spec)
+    scale = input_scale(stats)  # over all the data, so --limit never changes a sample's numbers
+    audited_digest = stats.sha256
+    if limit is not None and limit < len(arr):
         arr = arr[:limit]
+        audited_digest = digest(arr)
     relative = None if step is not None else RELATIVE_STEP.get(model.output_dtype, 1e-2)
     h = float(step) if step is not None else relative * scale
-    floor = max(_input_resolution(model, arr), 1e-100)  # below 1e-100, h**2 underflows
+    floor = max(_input_resolution(model, stats.peak), 1e-100)  # below 1e-100, h**2 underflows
     if h < floor:
         raise UsageError(
             f"step {h:.3g} is below the resolution of {model.input_spec.dtype} inputs of this size "
@@ -77,9 +78,10 @@ def audit(
             "omit --step to use the default, or pass a larger one",
         )
     cfg = EstimatorConfig(
-        directions, h, scheme, estimator, seed, bootstrap, confidence, witness, model.output_dtype  # type: ignore[arg-type]
+        directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
+        model.output_dtype, model.input_spec.dtype,
     )
-    binding = {"model": model_info(model).model_dump(), "data": full_digest, "config": asdict(cfg), "tau": tau}
+    binding = {"model": model_info(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
     book = Journal(journal, binding, restart=restart) if journal is not None else None
     try:
         samples, sent, wall = _run(model, arr, cfg, tau, concurrency, progress, book)
@@ -90,7 +92,7 @@ def audit(
     return AuditReport(
         tool=ToolInfo(version=__version__),
         model=model_info(model),
-        data=DataInfo(sha256=digest(arr), shape=list(arr.shape), dtype=str(arr.dtype), source=data_source),
+        data=DataInfo(sha256=audited_digest, shape=list(arr.shape), dtype=str(arr.dtype), source=data_source),
         config=AuditConfig(
             estimator=estimator, directions=directions, step=h, step_relative=relative, scheme=scheme,
             seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence,
@@ -126,12 +128,9 @@ def _run(
 
 
 def _max_active(engine: QueryEngine, arr: np.ndarray, cfg: EstimatorConfig) -> int:
-    """Enough samples in flight to fill `concurrency` full batches, and no more (memory)."""
+    """At most this many samples in flight: enough to fill the batches, bounded for memory."""
     d = int(np.prod(arr.shape[1:]))
-    per_request = min(cfg.directions, d) * cfg.queries_per_direction()
-    rows_per_sample = max(1, min(per_request, 16 * 2**20 // (8 * d)))
-    wanted = math.ceil(engine.batch_size * engine.concurrency / rows_per_sample) + 1
-    return int(min(max(wanted, 2), 256))
+    return int(max(2, min(256, 2 * 2**30 // (16 * 2**20 + 24 * d))))  # ~2 GiB of blocks at most
 
 
 def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:
@@ -172,11 +171,11 @@ def model_info(model: ProbabilityModel) -> ModelInfo:
     )
 
 
-def _input_resolution(model: ProbabilityModel, arr: np.ndarray) -> float:
+def _input_resolution(model: ProbabilityModel, peak: float) -> float:
     """The smallest step that still changes the inputs once cast to the model's dtype."""
     dtype = np.dtype(model.input_spec.dtype)
     eps = float(np.finfo(dtype).eps) if dtype.kind == "f" else 1.0
-    return eps * max(float(np.abs(arr.astype(np.float64)).max()), float(np.finfo(dtype).tiny) / eps if dtype.kind == "f" else 1.0)
+    return eps * max(peak, float(np.finfo(dtype).tiny) / eps if dtype.kind == "f" else 1.0)
 
 
 def _input_space(model: ProbabilityModel) -> str:
@@ -187,9 +186,10 @@ def _input_space(model: ProbabilityModel) -> str:
 
 def _check_options(
     directions: int, scheme: str, estimator: str, tau: float, bootstrap: int, confidence: float,
-    limit: int | None, step: float | None,
+    limit: int | None, step: float | None, seed: int,
 ) -> None:
     problems = [
+        (not isinstance(seed, int) or seed < 0, f"seed must be a non-negative integer (got {seed!r})"),
         (not isinstance(directions, int) or directions < 2, f"directions must be an integer >= 2 (got {directions!r})"),
         (scheme not in ("central", "forward", "richardson"), f"scheme must be central, forward or richardson (got {scheme!r})"),
         (estimator not in ("auto", "sketch", "exact"), f"estimator must be auto, sketch or exact (got {estimator!r})"),

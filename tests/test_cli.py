@@ -48,7 +48,7 @@ def test_npz_input_and_same_seed_same_report(tmp_path: Path, mlp64: KnownModel) 
     "args, code, message",
     [
         (["audit", "{model}", "--data", "{tmp}/missing.npy"], 3, "does not exist"),
-        (["audit", "{tmp}/model.pt2", "--data", "{data}"], 4, "no installed adapter"),
+        (["audit", "{tmp}/model.tflite", "--data", "{data}"], 4, "no installed adapter"),
         (["audit", "{model}", "--data", "{data}", "--directions", "1"], 2, "directions"),
         (["audit", "{model}", "--data", "{data}", "--outputs", "scores"], 2, "--outputs"),
         (["audit", "{model}", "--data", "{bad}"], 3, "shape"),

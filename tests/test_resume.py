@@ -92,3 +92,26 @@ def test_resume_skips_finished_samples_and_refuses_another_audit(tmp_path: Path,
         fimaudit.audit(model, mlp64.x[::-1], directions=16, journal=journal)
     fresh = fimaudit.audit(model, mlp64.x, directions=32, journal=journal, restart=True)
     assert fresh.config.directions == 32
+
+
+def _cli(known: KnownModel, data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "fimaudit.cli", "audit", str(known.path), "--data", str(data), "--out", str(out),
+            "-k", "64", "--estimator", "sketch", "-q", "--limit", "120", *extra]
+
+
+def test_cli_resumes_the_same_command_and_refuses_a_changed_one(tmp_path: Path, slow_audit: tuple[KnownModel, Path]) -> None:
+    known, data = slow_audit
+    reference, out = tmp_path / "reference.json", tmp_path / "report.json"
+    assert subprocess.run(_cli(known, data, reference), capture_output=True).returncode == 0
+    journal = tmp_path / "report.json.journal"
+    assert _kill_after(subprocess.Popen(_cli(known, data, out)), journal, 40, 0.0)
+    changed = subprocess.run(_cli(known, data, out, "--seed", "5"), capture_output=True, text=True)
+    assert changed.returncode == 2 and "belongs to another audit" in changed.stderr and "--restart" in changed.stderr
+    resumed = subprocess.run(_cli(known, data, out), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not journal.exists()  # removed once the report holds every sample
+    ours, theirs = json.loads(out.read_text()), json.loads(reference.read_text())
+    assert _timing_free(ours) == _timing_free(theirs)
+    assert _kill_after(subprocess.Popen(_cli(known, data, out, "--seed", "5")), journal, 10, 0.0)
+    fresh = subprocess.run(_cli(known, data, out, "--restart"), capture_output=True, text=True)
+    assert fresh.returncode == 0 and json.loads(out.read_text())["config"]["seed"] == 0

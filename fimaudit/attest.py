@@ -1,0 +1,347 @@
+"""Signed audit reports: attest a report about a model, co-sign it, verify it.
+
+The signed predicate is an AuditPredicate, `{"report": <AuditReport>,
+"policy": <PolicyResult or null>}`, so a policy verdict is covered by the
+same signatures as the figures it judges. The statement's subject is the
+audited model: one entry for a model file, one per file for a model directory.
+Envelope format and verification order: fimaudit.dsse and docs/signing.md.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path, PurePath
+from typing import Any, Union
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fimaudit.dsse import (
+    PREDICATE_TYPE,
+    SignatureError,
+    add_signature,
+    envelope_from_bytes,
+    make_statement,
+    sign_envelope,
+    verify_envelope,
+)
+from fimaudit.errors import DataError, UsageError
+from fimaudit.keys import load_private_key, load_public_key, passphrase_from_env
+from fimaudit.policy import Policy, PolicyResult, inconsistencies
+from fimaudit.report import AuditReport
+
+PathLike = Union[str, os.PathLike]
+PrivateKeyLike = Union[Ed25519PrivateKey, PathLike]
+PublicKeyLike = Union[Ed25519PublicKey, PathLike]
+EnvelopeLike = Union[dict[str, Any], PathLike]
+
+_CHUNK = 1 << 20
+_ENCRYPTED_MARKER = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Subject(_Model):
+    """One attested file: its name (relative path inside a model directory) and sha256."""
+
+    name: str
+    sha256: str
+
+    def to_statement(self) -> dict[str, Any]:
+        return {"name": self.name, "digest": {"sha256": self.sha256}}
+
+
+class AuditPredicate(_Model):
+    """What fimaudit signs: the full report and, when a policy was applied, its verdict."""
+
+    report: AuditReport
+    # Required even when null, so every signed predicate states outright whether a policy was applied.
+    policy: PolicyResult | None = Field(description="The --policy verdict on this report; null when no policy was applied.")
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AuditPredicate:
+        return cls.model_validate_json(text)
+
+
+class VerificationResult(_Model):
+    """Everything `verify` established; it is only ever returned for a valid envelope."""
+
+    signers: list[str] = Field(description="keyids of the given keys, each of which signed.")
+    unverified: list[str] = Field(description="keyids of other signatures, not checked.")
+    subjects: list[Subject]
+    subject_ok: bool | None = Field(description="True when --model matched the subject; None when not checked.")
+    predicate: AuditPredicate
+
+    @property
+    def policy_passed(self) -> bool | None:
+        """The signed policy verdict; None when the report was signed without a policy."""
+        return None if self.predicate.policy is None else self.predicate.policy.passed
+
+
+def predicate_json_schema() -> str:
+    """The published schema text (docs/predicate.schema.json holds exactly this)."""
+    return json.dumps(AuditPredicate.model_json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+# --------------------------------------------------------------------------- #
+# public API
+# --------------------------------------------------------------------------- #
+
+
+def attest(
+    report: AuditReport,
+    private_key: PrivateKeyLike,
+    policy: PolicyResult | Policy | None = None,
+    model_path: PathLike | None = None,
+) -> dict[str, Any]:
+    """Sign `report` (and its policy verdict) as a statement about the audited model.
+
+    `model_path` defaults to the report's model reference only for directories
+    (whose per-file digests the report does not hold); for a model file the
+    report's own sha256 is attested, after re-hashing `model_path` if given.
+    """
+    key = _private_key(private_key)
+    if isinstance(policy, Policy):
+        policy = policy.evaluate(report)
+    subjects = report_subjects(report, model_path)
+    predicate = AuditPredicate(report=report, policy=policy).model_dump(mode="json")
+    statement = make_statement([s.to_statement() for s in subjects], predicate)
+    return sign_envelope(statement, key)
+
+
+def sign(envelope: EnvelopeLike, private_key: PrivateKeyLike) -> dict[str, Any]:
+    """Return a copy of `envelope` (a dict or a file path) co-signed by `private_key`.
+
+    Only fimaudit audit predicates are co-signed: a co-signer endorses what
+    the payload says, so it must at least be a report we can show them.
+    """
+    cosigned = add_signature(_envelope(envelope), _private_key(private_key))
+    _predicate_of(unverified_statement(cosigned))
+    return cosigned
+
+
+def verify(
+    envelope: EnvelopeLike,
+    public_keys: list[PublicKeyLike] | PublicKeyLike,
+    model_path: PathLike | None = None,
+) -> VerificationResult:
+    """Verify that every key in `public_keys` signed `envelope`, then check its content.
+
+    Raises SignatureError (exit 5) on any failure, including a `model_path`
+    whose files do not match the attested subject.
+    """
+    # One key is welcome on its own; iterating a path string would "verify" against its characters.
+    key_list = public_keys if isinstance(public_keys, list) else [public_keys]
+    keys = [_public_key(k) for k in key_list]
+    verified = verify_envelope(_envelope(envelope), keys)
+    predicate = _predicate_of(verified.statement)
+    _check_policy(predicate)
+    subjects = [Subject(name=s["name"], sha256=s["digest"]["sha256"]) for s in verified.statement["subject"]]
+    subject_ok = None if model_path is None else check_subjects(subjects, Path(model_path))
+    return VerificationResult(signers=verified.signers, unverified=verified.unverified,
+                              subjects=subjects, subject_ok=subject_ok, predicate=predicate)
+
+
+# --------------------------------------------------------------------------- #
+# subjects
+# --------------------------------------------------------------------------- #
+
+
+def require_attestable(sha256: str | None, reference: str) -> str:
+    """Return the model's sha256; refuse endpoints, which have no bytes a subject could name."""
+    if sha256 is None:
+        raise UsageError(
+            f"only file models can be attested for now: {reference} has no sha256 (it is an endpoint)",
+            "audit a local model file to sign the report, or drop --sign",
+        )
+    return sha256
+
+
+def report_subjects(report: AuditReport, model_path: PathLike | None = None) -> list[Subject]:
+    """The subjects for `report`: see `attest` for how `model_path` is used."""
+    audited = require_attestable(report.model.sha256, report.model.reference)
+    reference = Path(report.model.reference)
+    if model_path is None and reference.is_dir():
+        model_path = reference
+    if model_path is None:
+        return [Subject(name=PurePath(report.model.reference).name, sha256=audited)]
+    path = Path(model_path)
+    if path.is_dir():
+        return directory_subjects(path)
+    actual = file_sha256(path)
+    if actual != audited:
+        raise SignatureError(
+            f"subject mismatch: {path} has sha256 {actual}, but the report audited {audited}",
+            "the model file changed after the audit; audit it again",
+        )
+    return [Subject(name=path.name, sha256=actual)]
+
+
+def model_subjects(path: PathLike) -> list[Subject]:
+    """Subjects describing the model at `path` as it is on disk now."""
+    path = Path(path)
+    if path.is_dir():
+        return directory_subjects(path)
+    return [Subject(name=path.name, sha256=file_sha256(path))]
+
+
+def directory_subjects(root: Path) -> list[Subject]:
+    """One subject per regular file under `root`, named by its relative POSIX path, sorted."""
+    files = sorted(_walk(root), key=lambda p: p.relative_to(root).as_posix())
+    if not files:
+        raise UsageError(f"model directory {root} holds no files", "point at the model's file or a non-empty directory")
+    return [Subject(name=p.relative_to(root).as_posix(), sha256=file_sha256(p)) for p in files]
+
+
+def _walk(root: Path) -> list[Path]:
+    # Symlinked directories are not followed, so a link cannot pull outside files into the subject.
+    found = []
+    for directory, _, names in os.walk(root):
+        found.extend(Path(directory) / name for name in names if (Path(directory) / name).is_file())
+    return found
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed so large models do not need to fit in memory."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    except FileNotFoundError as exc:
+        raise DataError(f"model file not found: {path}", "check the --model path") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}", "check that the model path is readable") from exc
+    return digest.hexdigest()
+
+
+def check_subjects(subjects: list[Subject], path: Path) -> bool:
+    """True when the files at `path` are exactly the attested subjects; else SignatureError."""
+    if not path.exists():
+        raise DataError(f"model path not found: {path}", "check the --model path")
+    if path.is_file() and len(subjects) == 1:
+        _compare_file(subjects[0], path)
+        return True
+    actual = {s.name: s.sha256 for s in model_subjects(path)}
+    expected = {s.name: s.sha256 for s in subjects}
+    if actual != expected:
+        raise SignatureError(f"subject mismatch: {_describe_difference(expected, actual, path)}",
+                             "this is not the model the report is about; do not rely on the report for it")
+    return True
+
+
+def _compare_file(subject: Subject, path: Path) -> None:
+    # Names are not compared: renaming a file does not change which model it is.
+    actual = file_sha256(path)
+    if actual != subject.sha256:
+        raise SignatureError(
+            f"subject mismatch: {path} has sha256 {actual}, the envelope attests {subject.name} with sha256 {subject.sha256}",
+            "this is not the model the report is about; do not rely on the report for it",
+        )
+
+
+def _describe_difference(expected: dict[str, str], actual: dict[str, str], path: Path) -> str:
+    missing = sorted(set(expected) - set(actual))
+    extra = sorted(set(actual) - set(expected))
+    changed = sorted(name for name in set(expected) & set(actual) if expected[name] != actual[name])
+    parts = [f"{label}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+             for label, names in (("missing", missing), ("not attested", extra), ("changed", changed)) if names]
+    return f"{path} differs from the {len(expected)} attested file(s) ({'; '.join(parts)})"
+
+
+# --------------------------------------------------------------------------- #
+# helpers
+# --------------------------------------------------------------------------- #
+
+
+def load_envelope(path: PathLike) -> dict[str, Any]:
+    """Read an envelope file; its shape is checked when it is signed or verified."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise DataError(f"envelope file not found: {path}", "check the path to the .dsse.json file") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}", "check that the path is a readable file") from exc
+    return envelope_from_bytes(data)
+
+
+def envelope_to_bytes(envelope: dict[str, Any]) -> bytes:
+    """The file form of an envelope (the signed bytes are inside, base64, so layout is free)."""
+    return (json.dumps(envelope, indent=2) + "\n").encode("utf-8")
+
+
+def unverified_statement(envelope: dict[str, Any]) -> dict[str, Any]:
+    """Decode a well-formed envelope's statement WITHOUT checking signatures (for display only)."""
+    try:
+        statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise SignatureError(f"malformed envelope: cannot decode the payload: {exc}",
+                             "pass the DSSE envelope exactly as fimaudit wrote it") from exc
+    if not isinstance(statement, dict):
+        raise SignatureError("malformed envelope: the payload is not a JSON object")
+    return statement
+
+
+def _predicate_of(statement: dict[str, Any]) -> AuditPredicate:
+    if statement.get("predicateType") != PREDICATE_TYPE:
+        raise SignatureError(f"not a fimaudit report: predicateType is {statement.get('predicateType')!r}",
+                             f"fimaudit handles only {PREDICATE_TYPE} attestations")
+    try:
+        return AuditPredicate.model_validate(statement.get("predicate"))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "predicate"
+        raise SignatureError(f"the predicate is not a fimaudit audit report: {where}: {first['msg']}",
+                             "it was written by another tool or another version of fimaudit") from exc
+
+
+def _check_policy(predicate: AuditPredicate) -> None:
+    if predicate.policy is None:
+        return
+    problems = inconsistencies(predicate.policy, predicate.report.summary)
+    if problems:
+        raise SignatureError(f"the signed policy verdict contradicts the signed report: {'; '.join(problems)}",
+                             "the signer recorded a wrong verdict; do not rely on it")
+
+
+def _envelope(envelope: EnvelopeLike) -> dict[str, Any]:
+    return envelope if isinstance(envelope, dict) else load_envelope(envelope)
+
+
+def load_signing_key(path: PathLike, prompt: Callable[[Path], bytes] | None = None) -> Ed25519PrivateKey:
+    """Load a private key, unlocking it with FIMAUDIT_KEY_PASSPHRASE or else `prompt`.
+
+    The passphrase is offered only to encrypted keys, so one exported
+    FIMAUDIT_KEY_PASSPHRASE does not break signing with an unencrypted key.
+    """
+    path = Path(path)
+    if not _is_encrypted(path):
+        return load_private_key(path)
+    passphrase = passphrase_from_env()
+    if passphrase is None and prompt is not None:
+        passphrase = prompt(path)
+    return load_private_key(path, passphrase)
+
+
+def _is_encrypted(path: Path) -> bool:
+    # An unreadable file reads as "not encrypted": load_private_key then reports why it is unreadable.
+    try:
+        return _ENCRYPTED_MARKER in path.read_bytes()
+    except OSError:
+        return False
+
+
+def _private_key(key: PrivateKeyLike) -> Ed25519PrivateKey:
+    return key if isinstance(key, Ed25519PrivateKey) else load_signing_key(key)
+
+
+def _public_key(key: PublicKeyLike) -> Ed25519PublicKey:
+    return key if isinstance(key, Ed25519PublicKey) else load_public_key(Path(key))

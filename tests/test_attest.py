@@ -1,0 +1,300 @@
+"""The Python signing API: attest, co-sign, verify; subjects; the published predicate schema."""
+from __future__ import annotations
+
+import base64
+import copy
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from securesystemslib.dsse import Envelope
+from securesystemslib.signer import CryptoSigner, SSlibKey
+
+import fimaudit
+from fimaudit.attest import (
+    AuditPredicate,
+    Subject,
+    VerificationResult,
+    attest,
+    load_signing_key,
+    predicate_json_schema,
+    sign,
+    verify,
+)
+from fimaudit.dsse import PAYLOAD_TYPE, SignatureError, canonical_json, make_statement, sign_envelope
+from fimaudit.errors import DataError, UsageError
+from fimaudit.keys import KeyFileError, generate_keypair, keyid, load_public_key
+from fimaudit.policy import PolicyResult, load_policy
+from fimaudit.report import AuditReport
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "digits.onnx"
+EXAMPLE_DATA = ROOT / "examples" / "digits_test.npy"
+MODEL_SHA256 = hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()
+
+
+def _key(label: str) -> Ed25519PrivateKey:
+    """Deterministic keys keep failures reproducible."""
+    return Ed25519PrivateKey.from_private_bytes(hashlib.sha256(label.encode()).digest())
+
+
+@pytest.fixture(scope="module")
+def report() -> AuditReport:
+    x = np.load(EXAMPLE_DATA)[:6]
+    return fimaudit.audit(fimaudit.load_model(EXAMPLE), x, directions=16)
+
+
+@pytest.fixture(scope="module")
+def verdict(report: AuditReport, tmp_path_factory: pytest.TempPathFactory) -> PolicyResult:
+    path = tmp_path_factory.mktemp("policy") / "policy.toml"
+    path.write_text('[[check]]\nfigure = "n"\nop = ">="\nvalue = 100\n'
+                    '[[check]]\nfigure = "lambda_max.max"\nop = "<"\nvalue = 1e9\n')
+    return load_policy(path).evaluate(report)
+
+
+def _payload(envelope: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(base64.b64decode(envelope["payload"]))
+
+
+def _signed_statement(predicate: dict[str, Any], key: Ed25519PrivateKey) -> dict[str, Any]:
+    """An authentic envelope whose content we choose: what a buggy or hostile signer could issue."""
+    subject = [{"name": "digits.onnx", "digest": {"sha256": MODEL_SHA256}}]
+    return sign_envelope(make_statement(subject, predicate), key)
+
+
+# --------------------------------------------------------------------------- #
+# the predicate and its schema
+# --------------------------------------------------------------------------- #
+
+
+def test_published_predicate_schema_matches_models() -> None:
+    published = (ROOT / "docs" / "predicate.schema.json").read_text()
+    assert published == predicate_json_schema(), "regenerate with: fimaudit schema --predicate > docs/predicate.schema.json"
+
+
+def test_signed_predicate_validates_and_round_trips(report: AuditReport, verdict: PolicyResult) -> None:
+    envelope = attest(report, _key("auditor"), verdict)
+    statement = _payload(envelope)
+    jsonschema.validate(statement["predicate"], json.loads(predicate_json_schema()))
+    assert set(statement["predicate"]) == {"report", "policy"}
+    # Floats pass through RFC 8785 text and back without losing a bit.
+    assert AuditPredicate.model_validate(statement["predicate"]) == AuditPredicate(report=report, policy=verdict)
+    assert base64.b64decode(envelope["payload"]) == canonical_json(statement)
+
+
+def test_policy_is_explicitly_null_without_a_policy(report: AuditReport) -> None:
+    statement = _payload(attest(report, _key("auditor")))
+    assert "policy" in statement["predicate"] and statement["predicate"]["policy"] is None
+
+
+def test_attest_is_deterministic(report: AuditReport, verdict: PolicyResult) -> None:
+    assert attest(report, _key("auditor"), verdict) == attest(report, _key("auditor"), verdict)
+
+
+def test_attest_evaluates_a_policy_it_is_given(report: AuditReport, tmp_path: Path) -> None:
+    path = tmp_path / "p.toml"
+    path.write_text('[[check]]\nfigure = "n"\nop = "=="\nvalue = 6\n')
+    result = verify(attest(report, _key("auditor"), load_policy(path)), [_key("auditor").public_key()])
+    assert result.policy_passed is True
+    assert result.predicate.policy is not None and result.predicate.policy.checks[0].measured == 6.0
+
+
+# --------------------------------------------------------------------------- #
+# round trips
+# --------------------------------------------------------------------------- #
+
+
+def test_attest_cosign_verify(report: AuditReport, verdict: PolicyResult) -> None:
+    auditor, owner = _key("auditor"), _key("owner")
+    envelope = sign(attest(report, auditor, verdict), owner)
+    result = verify(envelope, [auditor.public_key(), owner.public_key()], EXAMPLE)
+    assert isinstance(result, VerificationResult)
+    assert result.signers == [keyid(auditor.public_key()), keyid(owner.public_key())]
+    assert result.unverified == []
+    assert result.subjects == [Subject(name="digits.onnx", sha256=MODEL_SHA256)]
+    assert result.subject_ok is True
+    assert result.policy_passed is False  # n >= 100 fails on 6 inputs
+    assert result.predicate.report == report
+
+
+def test_without_model_path_the_subject_is_not_checked(report: AuditReport) -> None:
+    result = verify(attest(report, _key("auditor")), [_key("auditor").public_key()])
+    assert result.subject_ok is None and result.policy_passed is None
+
+
+def test_only_the_named_keys_are_checked(report: AuditReport) -> None:
+    auditor, owner = _key("auditor"), _key("owner")
+    envelope = sign(attest(report, auditor), owner)
+    result = verify(envelope, [auditor.public_key()])
+    assert result.signers == [keyid(auditor.public_key())]
+    assert result.unverified == [keyid(owner.public_key())]
+    with pytest.raises(SignatureError, match=f"no signature by key {keyid(_key('stranger').public_key())}"):
+        verify(envelope, [auditor.public_key(), _key("stranger").public_key()])
+
+
+def test_api_accepts_paths(report: AuditReport, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain_key, plain_pub = generate_keypair(tmp_path / "plain")
+    locked_key, locked_pub = generate_keypair(tmp_path / "locked", passphrase=b"s3cret")
+    monkeypatch.setenv("FIMAUDIT_KEY_PASSPHRASE", "s3cret")
+    # The env passphrase unlocks the encrypted key and is not forced on the plain one.
+    envelope_path = tmp_path / "r.dsse.json"
+    envelope_path.write_text(json.dumps(attest(report, locked_key)))
+    envelope_path.write_text(json.dumps(sign(envelope_path, plain_key)))
+    result = verify(envelope_path, [plain_pub, str(locked_pub)], str(EXAMPLE))
+    assert len(result.signers) == 2 and result.subject_ok is True
+    assert verify(envelope_path, str(plain_pub)).signers == [keyid(load_public_key(plain_pub))]
+
+
+def test_signing_key_prompt_is_used_only_for_encrypted_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FIMAUDIT_KEY_PASSPHRASE", raising=False)
+    locked_key, _ = generate_keypair(tmp_path / "locked", passphrase=b"s3cret")
+    plain_key, _ = generate_keypair(tmp_path / "plain")
+    asked: list[Path] = []
+
+    def prompt(path: Path) -> bytes:
+        asked.append(path)
+        return b"s3cret"
+
+    load_signing_key(locked_key, prompt)
+    load_signing_key(plain_key, prompt)
+    assert asked == [locked_key]
+    with pytest.raises(KeyFileError, match="wrong passphrase"):
+        load_signing_key(locked_key, lambda _: b"nope")
+    with pytest.raises(KeyFileError, match="no passphrase"):
+        load_signing_key(locked_key)
+
+
+def test_securesystemslib_verifies_our_attestation(report: AuditReport, verdict: PolicyResult) -> None:
+    auditor, owner = _key("auditor"), _key("owner")
+    envelope = sign(attest(report, auditor, verdict), owner)
+    keys = [SSlibKey.from_crypto(k.public_key(), keyid=keyid(k.public_key())) for k in (auditor, owner)]
+    verified = Envelope.from_dict(copy.deepcopy(envelope)).verify(keys, threshold=2)
+    assert set(verified) == {keyid(auditor.public_key()), keyid(owner.public_key())}
+
+
+def test_we_verify_an_attestation_signed_by_securesystemslib(report: AuditReport, verdict: PolicyResult) -> None:
+    auditor = _key("auditor")
+    statement = _payload(attest(report, auditor, verdict))
+    sslib = Envelope(payload=json.dumps(statement).encode(), payload_type=PAYLOAD_TYPE, signatures={})
+    sslib.sign(CryptoSigner(auditor, SSlibKey.from_crypto(auditor.public_key(), keyid=keyid(auditor.public_key()))))
+    result = verify(json.loads(json.dumps(sslib.to_dict())), [auditor.public_key()], EXAMPLE)
+    assert result.predicate == AuditPredicate(report=report, policy=verdict)
+
+
+# --------------------------------------------------------------------------- #
+# subjects
+# --------------------------------------------------------------------------- #
+
+
+def test_model_file_must_match_the_report_when_given(report: AuditReport, tmp_path: Path) -> None:
+    other = tmp_path / "digits.onnx"
+    other.write_bytes(EXAMPLE.read_bytes() + b"\0")
+    with pytest.raises(SignatureError, match="subject mismatch: .* but the report audited"):
+        attest(report, _key("auditor"), model_path=other)
+    renamed = tmp_path / "renamed.onnx"
+    shutil.copy(EXAMPLE, renamed)
+    assert _payload(attest(report, _key("auditor"), model_path=renamed))["subject"][0]["name"] == "renamed.onnx"
+
+
+def test_verify_detects_another_model_file(report: AuditReport, tmp_path: Path) -> None:
+    envelope = attest(report, _key("auditor"))
+    other = tmp_path / "digits.onnx"
+    other.write_bytes(EXAMPLE.read_bytes()[:-1])
+    with pytest.raises(SignatureError, match="subject mismatch") as caught:
+        verify(envelope, [_key("auditor").public_key()], other)
+    assert caught.value.exit_code == 5
+    with pytest.raises(DataError, match="model path not found"):
+        verify(envelope, [_key("auditor").public_key()], tmp_path / "missing.onnx")
+
+
+def test_endpoints_cannot_be_attested(report: AuditReport) -> None:
+    endpoint = report.model_copy(update={"model": report.model.model_copy(
+        update={"reference": "https://models.example/digits", "sha256": None})})
+    with pytest.raises(UsageError, match="only file models can be attested"):
+        attest(endpoint, _key("auditor"))
+
+
+def _model_dir(root: Path) -> Path:
+    (root / "weights").mkdir(parents=True)
+    (root / "config.json").write_text('{"classes": 10}')
+    (root / "weights" / "part-b.bin").write_bytes(b"\x01" * 100)
+    (root / "weights" / "part-a.bin").write_bytes(b"\x02" * 100)
+    return root
+
+
+def test_directory_model_has_one_subject_per_file(report: AuditReport, tmp_path: Path) -> None:
+    model_dir = _model_dir(tmp_path / "model")
+    auditor = _key("auditor")
+    envelope = attest(report, auditor, model_path=model_dir)
+    subjects = _payload(envelope)["subject"]
+    assert [s["name"] for s in subjects] == ["config.json", "weights/part-a.bin", "weights/part-b.bin"]
+    assert subjects[1]["digest"]["sha256"] == hashlib.sha256(b"\x02" * 100).hexdigest()
+    assert verify(envelope, [auditor.public_key()], model_dir).subject_ok is True
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda d: (d / "weights" / "part-a.bin").write_bytes(b"\x03" * 100), "changed: weights/part-a.bin"),
+        (lambda d: (d / "extra.txt").write_text("x"), "not attested: extra.txt"),
+        (lambda d: (d / "config.json").unlink(), "missing: config.json"),
+    ],
+)
+def test_directory_changes_are_subject_mismatches(report: AuditReport, tmp_path: Path, change: Any, reason: str) -> None:
+    model_dir = _model_dir(tmp_path / "model")
+    envelope = attest(report, _key("auditor"), model_path=model_dir)
+    change(model_dir)
+    with pytest.raises(SignatureError, match=f"subject mismatch: .*{reason}"):
+        verify(envelope, [_key("auditor").public_key()], model_dir)
+
+
+def test_single_file_against_directory_subject(report: AuditReport, tmp_path: Path) -> None:
+    model_dir = _model_dir(tmp_path / "model")
+    envelope = attest(report, _key("auditor"), model_path=model_dir)
+    with pytest.raises(SignatureError, match="subject mismatch"):
+        verify(envelope, [_key("auditor").public_key()], model_dir / "config.json")
+
+
+def test_empty_directory_is_refused(report: AuditReport, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="holds no files"):
+        attest(report, _key("auditor"), model_path=tmp_path / "empty")
+
+
+# --------------------------------------------------------------------------- #
+# authentic but unacceptable content
+# --------------------------------------------------------------------------- #
+
+
+def test_cosigning_refuses_a_foreign_predicate() -> None:
+    envelope = _signed_statement({"verdict": "pass"}, _key("other tool"))
+    with pytest.raises(SignatureError, match="not a fimaudit audit report"):
+        sign(envelope, _key("owner"))
+
+
+def test_verify_refuses_a_foreign_predicate() -> None:
+    signer = _key("other tool")
+    with pytest.raises(SignatureError, match="not a fimaudit audit report: report: Field required"):
+        verify(_signed_statement({"verdict": "pass"}, signer), [signer.public_key()])
+
+
+def test_verify_refuses_a_verdict_that_contradicts_the_report(report: AuditReport, verdict: PolicyResult) -> None:
+    # A signer claiming "passed" for a failing check is caught even though the signature is valid.
+    forged = verdict.model_copy(update={"passed": True, "checks": [c.model_copy(update={"passed": True}) for c in verdict.checks]})
+    predicate = AuditPredicate(report=report, policy=forged).model_dump(mode="json")
+    signer = _key("auditor")
+    with pytest.raises(SignatureError, match="contradicts the signed report: n >= 100 recorded as passed=True"):
+        verify(_signed_statement(predicate, signer), [signer.public_key()])
+
+
+def test_public_api_is_exported() -> None:
+    assert fimaudit.attest is attest and fimaudit.sign is sign and fimaudit.verify is verify
+    for name in ("AuditPredicate", "VerificationResult", "PolicyResult", "PolicyCheck", "PolicyError",
+                 "SignatureError", "KeyFileError", "load_policy"):
+        assert name in fimaudit.__all__ and hasattr(fimaudit, name)
