@@ -18,9 +18,7 @@ from fimaudit.registry import load_model  # noqa: E402
 from fimaudit.report import AuditReport, SampleResult, Summary  # noqa: E402
 from fimaudit.runner import audit  # noqa: E402
 
-# This rebinds fimaudit.attest from the submodule to the function, so import the
-# module's other names with `from fimaudit.attest import ...`, never `import fimaudit.attest as m`.
-from fimaudit.attest import AuditPredicate, Subject, VerificationResult, attest, sign, verify  # noqa: E402
+from fimaudit.attestation import AuditPredicate, Subject, VerificationResult, attest, sign, verify  # noqa: E402
 from fimaudit.dsse import SignatureError  # noqa: E402
 from fimaudit.keys import KeyFileError  # noqa: E402
 from fimaudit.policy import PolicyCheck, PolicyResult, load_policy  # noqa: E402

@@ -28,8 +28,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-# Names, not the module: fimaudit.attest is the attest() function once fimaudit is imported.
-from fimaudit.attest import (
+from fimaudit.attestation import (
     AuditPredicate,
     VerificationResult,
     attest,

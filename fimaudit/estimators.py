@@ -196,12 +196,24 @@ def direction_blocks(
     method: str, d: int, k: int, rng: np.random.Generator, cfg: EstimatorConfig
 ) -> tuple[Literal["orthogonal", "gaussian", "coordinate"], Iterator[np.ndarray]]:
     """The k directions (rows, E[v v^T] = I) in memory-bounded blocks, seeded by rng."""
-    per_block = max(1, min(256, BLOCK_BYTES // (8 * d * cfg.queries_per_direction())))
+    per_block = directions_per_block(d, cfg)
     if method == "exact":
         return "coordinate", _coordinate_blocks(d, per_block)
     if d * min(k, d) <= ORTHOGONAL_MAX_ENTRIES and k >= ORTHOGONAL_MIN_FRACTION * d:
         return "orthogonal", _orthogonal_blocks(rng, d, k, per_block)
     return "gaussian", _gaussian_blocks(rng, d, k, per_block)
+
+
+def directions_per_block(d: int, cfg: EstimatorConfig) -> int:
+    """Directions per request, so that one block of perturbed inputs stays under BLOCK_BYTES."""
+    return max(1, min(256, BLOCK_BYTES // (8 * d * cfg.queries_per_direction())))
+
+
+def sample_memory(d: int, classes: int, cfg: EstimatorConfig) -> int:
+    """Bytes one sample in flight holds at most: its block, its input and base arrays, the witness."""
+    block = directions_per_block(d, cfg) * d * (8 + 8 * cfg.queries_per_direction())
+    witness = 8 * classes * d if cfg.witness else 0
+    return block + 32 * d + witness
 
 
 def _coordinate_blocks(d: int, per_block: int) -> Iterator[np.ndarray]:

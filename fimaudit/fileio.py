@@ -1,9 +1,14 @@
 """Atomic file writes: a kill never leaves a half-written report where a finished one is expected."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+from fimaudit.errors import DataError
+
+_CHUNK = 1 << 20
 
 
 def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
@@ -32,3 +37,17 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, streamed so large models do not need to fit in memory."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    except FileNotFoundError as exc:
+        raise DataError(f"model file not found: {path}", "check the --model path") from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}", "check that the model path is readable") from exc
+    return digest.hexdigest()

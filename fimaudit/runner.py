@@ -14,7 +14,7 @@ from fimaudit import __version__
 from fimaudit.data import check_inputs, digest, input_scale
 from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
-from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample
+from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
 from fimaudit.journal import Journal
 from fimaudit.model import ProbabilityModel
 from fimaudit.report import (
@@ -121,16 +121,20 @@ def _run(
     start = time.perf_counter()
     tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in range(len(arr)) if i not in results)
     try:
-        engine.run(tasks, done, max_active=_max_active(engine, arr, cfg))
+        engine.run(tasks, done, max_active=_max_active(engine, arr, cfg, model.num_classes))
     finally:
         engine.close()
     return [results[i] for i in sorted(results)], engine.queries, time.perf_counter() - start
 
 
-def _max_active(engine: QueryEngine, arr: np.ndarray, cfg: EstimatorConfig) -> int:
+# Memory for the samples in flight (their blocks of perturbed inputs and accumulators).
+IN_FLIGHT_BYTES = 512 * 2**20
+
+
+def _max_active(engine: QueryEngine, arr: np.ndarray, cfg: EstimatorConfig, classes: int) -> int:
     """At most this many samples in flight: enough to fill the batches, bounded for memory."""
     d = int(np.prod(arr.shape[1:]))
-    return int(max(2, min(256, 2 * 2**30 // (16 * 2**20 + 24 * d))))  # ~2 GiB of blocks at most
+    return int(max(2, min(256, IN_FLIGHT_BYTES // sample_memory(d, classes, cfg))))
 
 
 def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:

@@ -17,7 +17,7 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 import fimaudit
-from fimaudit.attest import (
+from fimaudit.attestation import (
     AuditPredicate,
     Subject,
     VerificationResult,

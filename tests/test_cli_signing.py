@@ -29,7 +29,7 @@ from securesystemslib.signer import SSlibKey
 
 from typer.testing import CliRunner
 
-from fimaudit.attest import AuditPredicate, verify
+from fimaudit.attestation import AuditPredicate, verify
 from fimaudit.cli import app
 from fimaudit.dsse import PAYLOAD_TYPE, pae
 from fimaudit.keys import keyid, load_private_key, load_public_key

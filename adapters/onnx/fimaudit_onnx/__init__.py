@@ -1,13 +1,13 @@
 """ONNX Runtime adapter for fimaudit: `fimaudit.load_model("model.onnx")`."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fimaudit.errors import ModelError, UsageError
+from fimaudit.fileio import file_sha256
 from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities
 from fimaudit.registry import SimpleAdapter
 
@@ -43,7 +43,7 @@ class OnnxModel(ProbabilityModel):
         self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
         self.num_classes = self._classes()
         self.output_kind = outputs or self._detect_kind()
-        self._sha256 = _file_sha256(self.path)
+        self._sha256 = file_sha256(self.path)
 
     @property
     def identity(self) -> ModelIdentity:
@@ -182,14 +182,6 @@ def _producer_op(path: Path, output: str) -> str | None:
         if output in node.output:
             return str(node.op_type)
     return None
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load(reference: str, **options: Any) -> OnnxModel:

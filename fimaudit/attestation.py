@@ -9,7 +9,6 @@ Envelope format and verification order: fimaudit.dsse and docs/signing.md.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from fimaudit.dsse import (
     verify_envelope,
 )
 from fimaudit.errors import DataError, UsageError
+from fimaudit.fileio import file_sha256
 from fimaudit.keys import load_private_key, load_public_key, passphrase_from_env
 from fimaudit.policy import Policy, PolicyResult, inconsistencies
 from fimaudit.report import AuditReport
@@ -38,7 +38,6 @@ PrivateKeyLike = Union[Ed25519PrivateKey, PathLike]
 PublicKeyLike = Union[Ed25519PublicKey, PathLike]
 EnvelopeLike = Union[dict[str, Any], PathLike]
 
-_CHUNK = 1 << 20
 _ENCRYPTED_MARKER = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 
 
@@ -207,20 +206,6 @@ def _walk(root: Path) -> list[Path]:
     for directory, _, names in os.walk(root):
         found.extend(Path(directory) / name for name in names if (Path(directory) / name).is_file())
     return found
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed so large models do not need to fit in memory."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-    except FileNotFoundError as exc:
-        raise DataError(f"model file not found: {path}", "check the --model path") from exc
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}", "check that the model path is readable") from exc
-    return digest.hexdigest()
 
 
 def check_subjects(subjects: list[Subject], path: Path) -> bool:
