@@ -28,6 +28,8 @@ test: setup
 
 bench: setup
 	$(BIN)/python benchmarks/accuracy.py
+	$(BIN)/python benchmarks/memory.py
+	$(BIN)/python benchmarks/whitebox_agreement.py
 
 clean:
 	rm -rf $(VENV) .venv-triton demo *.egg-info

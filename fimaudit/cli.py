@@ -141,6 +141,12 @@ def audit(
         None, "--header-env", help="Environment variable holding extra request headers for endpoints (never logged).",
     ),
     timeout: Optional[float] = typer.Option(None, "--timeout", help="Seconds allowed per request to an endpoint."),
+    white_box: bool = typer.Option(
+        False, "--white-box", help="Also compute lambda_max from the model's own gradients (PyTorch models), to check the estimate.",
+    ),
+    input_shape: Optional[str] = typer.Option(
+        None, "--input-shape", help="Shape of one input, e.g. 3,32,32, for models that do not record it (TorchScript).",
+    ),
 ) -> None:
     """Audit MODEL on the inputs in --data and write a JSON report.
 
@@ -149,6 +155,8 @@ def audit(
     """
     with _errors_to_exit_codes():
         options = _model_options(outputs, output_name, batch_size, header_env=header_env, timeout=timeout)
+        if input_shape is not None:
+            options["input_shape"] = _parse_shape(input_shape)
         # Policy and key problems surface before the audit spends any queries.
         policy = load_policy(policy_path) if policy_path is not None else None
         key = _signing_key(sign_key) if sign_key is not None else None
@@ -163,7 +171,7 @@ def audit(
                 report = run_audit(
                     loaded, x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
                     tau=tau, limit=limit, concurrency=concurrency, data_source=str(data), progress=progress,
-                    journal=book, restart=restart,
+                    journal=book, restart=restart, white_box=white_box,
                 )
         finally:
             loaded.close()
@@ -286,6 +294,16 @@ def verify_cmd(
     if key_paths and require_pass and result.policy_passed is not True:
         err.print("[bold red]policy:[/] " + ("no policy verdict in the report" if result.policy_passed is None else "failed"))
         raise typer.Exit(1)
+
+
+def _parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        shape = ()
+    if not shape or any(v < 1 for v in shape):
+        raise UsageError(f"--input-shape {text!r} is not a shape.", "give positive sizes separated by commas, e.g. 3,32,32")
+    return shape
 
 
 def _plain_report(path: Path) -> AuditReport:

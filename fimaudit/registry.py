@@ -17,6 +17,8 @@ _INSTALL_HINTS = {
     ".onnx": "fimaudit-onnx",
     ".pt": "fimaudit-torch",
     ".pt2": "fimaudit-torch",
+    ".pth": "fimaudit-torch",
+    ".ts": "fimaudit-torch",
     "triton": "fimaudit-triton",
     "triton+grpc": "fimaudit-triton",
     "triton+http": "fimaudit-triton",

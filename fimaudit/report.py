@@ -56,6 +56,7 @@ class AuditConfig(_Model):
     confidence: float
     interval_method: str
     input_space: str = Field(description="Units all figures are in: the model's own input space.")
+    white_box: bool = Field(default=False, description="Whether white-box figures were computed beside the black-box ones.")
 
 
 class SampleResult(_Model):
@@ -80,6 +81,13 @@ class SampleResult(_Model):
     flags: list[str] = Field(
         description="What limited the measurement: nondeterministic, quantized_outputs, saturated, "
         "zero_probabilities, below_resolution (then lambda_max is that level, an upper bound)."
+    )
+    lambda_max_white_box: float | None = Field(
+        default=None, description="lambda_max from the model's own derivatives (white-box mode), to check the estimate."
+    )
+    trace_white_box: float | None = Field(default=None, description="tr F from the model's own derivatives.")
+    white_box_method: str | None = Field(
+        default=None, description="How the white-box figures were computed: jacobian or lanczos (-float32 if not float64)."
     )
 
 

@@ -53,6 +53,7 @@ def audit(
     progress: Progress | None = None,
     journal: str | Path | None = None,
     restart: bool = False,
+    white_box: bool = False,
 ) -> AuditReport:
     """Audit `model` at each input of `x` (shape (n, *input_shape)) and return the report.
 
@@ -62,6 +63,7 @@ def audit(
     the same audit continues where it stopped (`restart=True` discards it).
     """
     _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed)
+    exact_fisher = _white_box_function(model) if white_box else None
     arr, stats = check_inputs(x, model.input_spec)
     scale = input_scale(stats)  # over all the data, so --limit never changes a sample's numbers
     audited_digest = stats.sha256
@@ -88,6 +90,8 @@ def audit(
     finally:
         if book is not None:
             book.close()
+    if exact_fisher is not None:
+        samples = _with_white_box(samples, exact_fisher(np.asarray(arr)))
     queries = sum(s.queries for s in samples)
     return AuditReport(
         tool=ToolInfo(version=__version__),
@@ -96,7 +100,7 @@ def audit(
         config=AuditConfig(
             estimator=estimator, directions=directions, step=h, step_relative=relative, scheme=scheme,
             seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence,
-            interval_method=INTERVAL_METHOD, input_space=_input_space(model),
+            interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
         ),  # type: ignore[arg-type]
         samples=samples,
         summary=summarize(samples, queries, wall, sent),
@@ -158,6 +162,25 @@ def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:
         lambda_max_resolution=est.resolution,
         flags=list(est.flags),
     )
+
+
+def _white_box_function(model: ProbabilityModel) -> Callable[[np.ndarray], list[Any]]:
+    """The adapter's exact computation (per input: lambda_max, trace, method), checked up front."""
+    fn = getattr(model, "exact_fisher", None)
+    if fn is None:
+        raise UsageError(
+            f"white-box mode needs a model with gradients; the '{model.identity.adapter}' adapter has none.",
+            "load a PyTorch model (fimaudit-torch) or drop --white-box",
+        )
+    return fn  # type: ignore[no-any-return]
+
+
+def _with_white_box(samples: list[SampleResult], exact: list[Any]) -> list[SampleResult]:
+    """The black-box results with the white-box figures beside them (never instead of them)."""
+    return [
+        s.model_copy(update={"lambda_max_white_box": float(e.lambda_max), "trace_white_box": float(e.trace), "white_box_method": str(e.method)})
+        for s, e in zip(samples, exact)
+    ]
 
 
 def model_info(model: ProbabilityModel) -> ModelInfo:

@@ -1,0 +1,50 @@
+"""PyTorch adapter for fimaudit: TorchScript (.pt/.ts), torch.export (.pt2), state_dicts and live modules.
+
+`fimaudit.load_model("net.pt2")`, `fimaudit.load_model("w.pth", factory=MyNet, input_shape=(3, 32, 32))`,
+or `fimaudit_torch.TorchModel(module, input_shape=(3, 32, 32))`. `TorchModel.exact_fisher(x)` is the
+white-box reference (docs/adapters.md).
+
+This module stays light: every fimaudit.load_model call imports all registered adapters, so torch
+is imported only when a torch model is actually loaded.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from fimaudit.registry import SimpleAdapter
+
+if TYPE_CHECKING:
+    from fimaudit_torch.bound import relu_network_bound
+    from fimaudit_torch.files import save_torchscript
+    from fimaudit_torch.model import TorchModel
+    from fimaudit_torch.whitebox import WhiteBoxFisher
+
+__all__ = ["TorchModel", "WhiteBoxFisher", "adapter", "load", "relu_network_bound", "save_torchscript"]
+
+SUFFIXES = (".pt", ".ts", ".pt2", ".pth")
+
+# Public name -> submodule that defines it, imported on first access.
+_LAZY = {
+    "TorchModel": "fimaudit_torch.model",
+    "WhiteBoxFisher": "fimaudit_torch.whitebox",
+    "relu_network_bound": "fimaudit_torch.bound",
+    "save_torchscript": "fimaudit_torch.files",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'fimaudit_torch' has no attribute {name!r}")
+
+
+def load(reference: str, **options: Any) -> TorchModel:
+    """Load a model file; see fimaudit_torch.model.load_file for the options."""
+    from fimaudit_torch.model import load_file
+
+    return load_file(reference, **options)
+
+
+adapter = SimpleAdapter(name="torch", package="fimaudit-torch", loader=load, suffixes=SUFFIXES)

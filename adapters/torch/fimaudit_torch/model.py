@@ -1,0 +1,314 @@
+"""TorchModel: a PyTorch classifier behind fimaudit's ProbabilityModel contract."""
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fimaudit.errors import ModelError, OutputError, UsageError
+from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities
+from fimaudit_torch import files
+from fimaudit_torch.bound import relu_network_bound
+from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
+
+# Keep one float32 batch near this size (as the ONNX adapter does) when the batch axis is free.
+_BATCH_BYTES = 64 * 2**20
+_MAX_BATCH = 1024
+# Other weight dtypes (bfloat16, ...) take float32 inputs, cast on the way in.
+_DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
+Factory = Callable[[], torch.nn.Module]
+
+
+class TorchModel(ProbabilityModel):
+    """A classifier given as an nn.Module (or TorchScript / torch.export module), run in eval mode.
+
+    Queries run under torch.inference_mode on CUDA when available (else CPU). `input_shape` is one
+    input's shape without the batch axis; `outputs` overrides the probabilities/logits detection;
+    `output_name` picks a key (dict outputs) or an index (tuple outputs).
+    """
+
+    def __init__(
+        self,
+        module: torch.nn.Module,
+        *,
+        input_shape: Sequence[int] | None = None,
+        outputs: OutputKind | None = None,
+        output_name: str | int | None = None,
+        max_batch_size: int | None = None,
+        device: str | torch.device | None = None,
+        input_dtype: torch.dtype | None = None,
+        fixed_batch: int | None = None,
+        reference: str = "<torch.nn.Module>",
+        sha256: str | None = None,
+        source: str = "module",
+    ) -> None:
+        if input_shape is None:
+            raise UsageError(
+                f"the input shape of {reference} is unknown.",
+                "pass input_shape=(C, H, W) (one input, without the batch axis)",
+            )
+        if outputs not in (None, "probabilities", "logits"):
+            raise UsageError(f"outputs must be 'probabilities' or 'logits' (got {outputs!r}).", "omit it to detect automatically")
+        self.device = torch.device(device) if device is not None else _default_device()
+        self._module = _prepare(module, self.device)
+        self._dtype = input_dtype or _parameter_dtype(self._module)
+        self._output_name = output_name
+        self._fixed_batch = fixed_batch
+        self.input_spec = InputSpec(shape=tuple(int(v) for v in input_shape), dtype=_DTYPES.get(self._dtype, "float32"))
+        self.max_batch_size = fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
+        probe = self._probe()
+        self.num_classes = int(probe.shape[1])
+        self.output_dtype = str(probe.dtype) if probe.dtype in (np.float16, np.float64) else "float32"
+        self.output_kind: OutputKind = outputs or ("probabilities" if looks_like_probabilities(probe) else "logits")
+        self._reference, self._sha256, self._source = reference, sha256, source
+        self._module64: tuple[torch.nn.Module, bool] | None = None
+
+    # -- the ProbabilityModel contract ------------------------------------------------------
+    def _raw_predict(self, batch: np.ndarray) -> np.ndarray:
+        if self._fixed_batch and len(batch) != self._fixed_batch:
+            return self._predict_padded(batch, self._fixed_batch)
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self._dtype)
+        with torch.inference_mode():
+            return _to_numpy(self.forward(self._module, x))
+
+    @property
+    def identity(self) -> ModelIdentity:
+        extra = {"format": self._source, "input_dtype": self.input_spec.dtype}
+        if self._sha256 is None:
+            extra["weights_sha256"] = _weights_sha256(self._module)
+        bound = self.sanity_bound
+        if bound is not None:
+            extra["lambda_max_bound"] = f"{bound:.6g}"
+        return ModelIdentity(
+            reference=self._reference,
+            adapter="torch",
+            sha256=self._sha256,
+            provider=self.device.type,
+            output_kind=self.output_kind,
+            extra=extra,
+        )
+
+    # -- white box ----------------------------------------------------------------------------
+    def exact_fisher(self, x: np.ndarray, method: str = "auto") -> list[WhiteBoxFisher]:
+        """λ_max and tr F of each input from the model's own derivatives, in float64 where it runs.
+
+        method: "jacobian" (K vector-Jacobian products, then the K×K eigenproblem), "lanczos"
+        (eigsh on F v = J_zᵀ(diag p − ppᵀ)J_z v), or "auto" (Lanczos when K > 64).
+        """
+        module, is64 = self._float64_module()
+        dtype = torch.float64 if is64 else self._dtype
+        arr = np.asarray(x, dtype=np.float64).reshape(-1, *self.input_spec.shape)
+        logits = self._logit_function(module)
+        results = []
+        for row in arr:
+            flat = torch.from_numpy(row.reshape(-1)).to(self.device, dtype)
+            results.append(exact_fisher(logits, flat, method=method, precision="float64" if is64 else "float32"))
+        return results
+
+    @functools.cached_property
+    def sanity_bound(self) -> float | None:
+        """½ Π‖W_l‖₂² for a plain sequential ReLU network (MATH.md): an upper bound on every λ_max."""
+        return relu_network_bound(self._module, self.input_spec.shape)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def forward(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """The module's class-score output for a batch, picked from tuple or dict outputs."""
+        return _select_output(module(x), self._output_name)
+
+    def _logit_function(self, module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        """flat input (d,) -> logits (K,): log p for probability outputs (softmax(log p) = p)."""
+        shape = self.input_spec.shape
+        probabilities = self.output_kind == "probabilities"
+
+        def logits(flat: torch.Tensor) -> torch.Tensor:
+            out = self.forward(module, self._one_input_batch(flat.reshape(1, *shape)))[0]
+            return torch.log(out.clamp_min(torch.finfo(out.dtype).tiny)) if probabilities else out
+
+        return logits
+
+    def _float64_module(self) -> tuple[torch.nn.Module, bool]:
+        """A float64 copy of the module, or the module itself when the copy fails or casts back.
+
+        Scripted code may hard-code float32 (x.float(), typed constants); then the reference is
+        computed in the model's own precision and says so.
+        """
+        if self._module64 is None:
+            self._module64 = (self._module, False)
+            try:
+                with warnings.catch_warnings():
+                    # Copying a torch.export module warns about internals it copies; nothing to act on.
+                    warnings.simplefilter("ignore")
+                    double = copy.deepcopy(self._module).double()
+                probe = torch.zeros(1, *self.input_spec.shape, dtype=torch.float64, device=self.device)
+                if self.forward(double, self._one_input_batch(probe)).dtype == torch.float64:
+                    self._module64 = (double, True)
+            except (RuntimeError, TypeError, NotImplementedError):
+                pass  # keep the model's own precision
+        return self._module64
+
+    def _one_input_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """One input as the batch the module accepts: repeated up to a fixed batch size if it has one.
+
+        Row 0 of the output depends on row 0 of the input alone (eval mode), so derivatives of
+        output row 0 are those of the single input.
+        """
+        return x.expand(self._fixed_batch, *x.shape[1:]) if self._fixed_batch else x
+
+    def _predict_padded(self, batch: np.ndarray, size: int) -> np.ndarray:
+        """Programs exported with a fixed batch: pad the last chunk, run chunk by chunk."""
+        outs = []
+        for start in range(0, len(batch), size):
+            chunk = batch[start : start + size]
+            pad = size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device, self._dtype)
+            with torch.inference_mode():
+                outs.append(_to_numpy(self.forward(self._module, x))[: size - pad])
+        return np.concatenate(outs)
+
+    def _probe(self) -> np.ndarray:
+        n = self._fixed_batch or 2
+        x = np.random.default_rng(0).standard_normal((n, *self.input_spec.shape)).astype(self.input_spec.dtype)
+        out = np.asarray(self._raw_predict(x))
+        if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
+            raise OutputError(
+                f"the module returned outputs of shape {out.shape} for {n} inputs; a classifier returns (batch, classes).",
+                "wrap the module so that forward returns class probabilities or logits of shape (batch, classes)",
+            )
+        return out
+
+    @classmethod
+    def from_state_dict(cls, path: str | Path, factory: Factory, **options: Any) -> TorchModel:
+        """Build `factory()` and load the weights in `path` (weights-only) into it, strictly."""
+        return _from_state_dict(Path(path), factory, options)
+
+
+def _from_state_dict(path: Path, factory: Factory, options: dict[str, Any]) -> TorchModel:
+    _require_file(path)
+    state = files.load_state_dict(path)
+    module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise UsageError(f"factory() returned a {type(module).__name__}, not an nn.Module.", "pass the module class or a function building it")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"the weights in {path} do not fit the factory's module: {exc}", "pass the factory the weights were saved from") from exc
+    return TorchModel(module, reference=str(path), sha256=files.file_sha256(path), source="state_dict", **options)
+
+
+def load_file(reference: str, *, factory: Factory | None = None, **options: Any) -> TorchModel:
+    """Load a TorchScript file, a torch.export program, or (with `factory`) a state_dict.
+
+    options: input_shape, outputs, output_name, max_batch_size, device (see TorchModel).
+    """
+    path = Path(reference)
+    if factory is not None:
+        return _from_state_dict(path, factory, options)
+    _require_file(path)
+    kind = files.sniff_format(path)
+    if kind == "export":
+        return _from_export(path, options)
+    if kind == "torchscript":
+        return _from_torchscript(path, options)
+    raise UsageError(
+        f"{path} is a torch.save file (a state_dict or pickle), which holds no architecture.",
+        "load it from Python: fimaudit.load_model(path, factory=MyNet, input_shape=...), or save the "
+        "model with torch.export.save (.pt2) or fimaudit_torch.save_torchscript",
+    )
+
+
+def _from_torchscript(path: Path, options: dict[str, Any]) -> TorchModel:
+    device = options.get("device") or _default_device()
+    module, recorded = files.load_torchscript(path, str(device))
+    shape = options.pop("input_shape", None) or recorded
+    if shape is None:
+        raise UsageError(
+            f"the TorchScript file {path} does not record its input shape.",
+            "save it with fimaudit_torch.save_torchscript(module, path, input_shape), or pass "
+            "input_shape=(C, H, W) from Python, or export a .pt2 with torch.export (it records the shape)",
+        )
+    return TorchModel(module, input_shape=shape, reference=str(path), sha256=files.file_sha256(path), source="torchscript", **options)
+
+
+def _from_export(path: Path, options: dict[str, Any]) -> TorchModel:
+    program = files.load_export(path)
+    shape, dtype, fixed = files.export_input(program, path)
+    given = options.pop("input_shape", None)
+    if given is not None and tuple(given) != shape:
+        raise UsageError(f"input_shape {tuple(given)} differs from the exported program's {shape}.", "omit input_shape for .pt2 files")
+    return TorchModel(
+        program.module(), input_shape=shape, input_dtype=dtype, fixed_batch=fixed,
+        reference=str(path), sha256=files.file_sha256(path), source="torch.export", **options,
+    )
+
+
+def _require_file(path: Path) -> None:
+    if not path.is_file():
+        raise ModelError(f"the PyTorch file {path} does not exist.", "pass the path of an existing .pt, .pt2 or .pth file")
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _prepare(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    if not callable(module):
+        raise UsageError(f"expected an nn.Module, got {type(module).__name__}.", "pass a torch.nn.Module")
+    try:
+        module.eval()
+    except NotImplementedError:
+        pass  # torch.export modules refuse eval(); they keep the mode they were exported in
+    return module.to(device) if isinstance(module, torch.nn.Module) else module
+
+
+def _parameter_dtype(module: torch.nn.Module) -> torch.dtype:
+    """The dtype of the module's floating-point weights (float32 when it has none)."""
+    tensors = [*module.parameters(), *module.buffers()] if isinstance(module, torch.nn.Module) else []
+    for t in tensors:
+        if t.is_floating_point():
+            return t.dtype
+    return torch.float32
+
+
+def _select_output(out: Any, name: str | int | None) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, dict):
+        keys = list(out)
+        key = name if name is not None else (keys[0] if len(keys) == 1 else None)
+        if key not in out:
+            raise UsageError(f"the module returns a dict with keys {keys}.", "pick the class-score output with output_name=KEY (CLI: --output KEY)")
+        return out[key]
+    if isinstance(out, (tuple, list)) and out:
+        index = int(name) if name is not None else 0
+        return out[index]
+    raise OutputError(f"the module returned a {type(out).__name__}, not a tensor.", "wrap the module so that forward returns a tensor")
+
+
+def _to_numpy(out: torch.Tensor) -> np.ndarray:
+    # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
+    out = out.detach().to("cpu")
+    return (out.float() if out.dtype == torch.bfloat16 else out).numpy()
+
+
+def _dynamic_batch(spec: InputSpec) -> int:
+    return int(max(1, min(_MAX_BATCH, _BATCH_BYTES // (4 * max(1, spec.size)))))
+
+
+def _weights_sha256(module: torch.nn.Module) -> str:
+    """A digest of a live module's weights (names, dtypes, shapes, bytes) for the report."""
+    digest = hashlib.sha256()
+    state = module.state_dict() if isinstance(module, torch.nn.Module) else {}
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

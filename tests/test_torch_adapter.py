@@ -1,0 +1,352 @@
+"""The PyTorch adapter on real files (TorchScript, torch.export, state_dict) and live modules, and
+its white-box reference checked against finite differences computed without autograd."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# Skipped only where torch itself is absent; a broken adapter must fail, not skip.
+torch = pytest.importorskip("torch", reason="torch is installed by adapters/torch/install.sh")
+
+import fimaudit_torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import fimaudit  # noqa: E402
+from fimaudit.conformance import check_model  # noqa: E402
+
+# The tests script modules on purpose (TorchScript files are still audited); torch 2.13 deprecates it.
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+SHAPE = (3, 8, 8)  # d = 192: small enough for coordinate finite differences in the tests
+CLASSES = 5
+
+
+def tanh_net() -> nn.Module:
+    """A smooth conv net (tanh, average pooling), so finite differences have no kinks to cross."""
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, CLASSES)
+    )
+
+
+def relu_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4 * 4 * 4, 8), nn.ReLU(),
+        nn.Linear(8, CLASSES), nn.Softmax(dim=1),
+    )
+
+
+def relu_mlp() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 6))
+
+
+def seeded(factory: Callable[[], nn.Module], seed: int, scale: float = 3.0) -> nn.Module:
+    """factory() with seeded weights scaled up, so predictions are confident and λ_max varies."""
+    torch.manual_seed(seed)
+    module = factory().eval()
+    with torch.no_grad():
+        for p in module.parameters():
+            p.mul_(scale)
+    return module
+
+
+def inputs(n: int, shape: tuple[int, ...] = SHAPE, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 1, size=(n, *shape)).astype(np.float32)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The same tanh net in every format the adapter reads."""
+    root = tmp_path_factory.mktemp("torch_models")
+    net = seeded(tanh_net, 0)
+    example = torch.from_numpy(inputs(2))
+    out = {"torchscript": root / "net.pt", "export": root / "net.pt2", "static": root / "static.pt2", "state_dict": root / "net.pth"}
+    fimaudit_torch.save_torchscript(net, out["torchscript"], SHAPE)
+    batch = torch.export.Dim("batch")
+    torch.export.save(torch.export.export(net, (example,), dynamic_shapes=({0: batch},)), out["export"])
+    torch.export.save(torch.export.export(net, (example,)), out["static"])  # batch fixed at 2
+    torch.save(net.state_dict(), out["state_dict"])
+    return out
+
+
+def load(kind: str, files: dict[str, Path]) -> fimaudit_torch.TorchModel:
+    if kind == "module":
+        return fimaudit_torch.TorchModel(seeded(tanh_net, 0), input_shape=SHAPE)
+    if kind == "state_dict":
+        return fimaudit.load_model(files["state_dict"], factory=tanh_net, input_shape=SHAPE)
+    return fimaudit.load_model(files[kind])
+
+
+KINDS = ["torchscript", "export", "static", "state_dict", "module"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_conformance_and_identity(kind: str, files: dict[str, Path]) -> None:
+    model = load(kind, files)
+    check_model(model)
+    ident = model.identity
+    assert ident.adapter == "torch" and ident.provider == "cpu" and model.input_spec.shape == SHAPE
+    assert model.num_classes == CLASSES and model.output_kind == "logits"
+    if kind == "module":
+        assert ident.sha256 is None and len(ident.extra["weights_sha256"]) == 64
+    else:
+        assert ident.sha256 == sha256(files[kind]) and ident.reference == str(files[kind])
+
+
+def test_every_format_computes_the_same_function(files: dict[str, Path]) -> None:
+    x = inputs(5, seed=3)  # 5 rows: the static program (batch 2) must pad its last chunk
+    outputs = {kind: load(kind, files).predict_proba(x) for kind in KINDS}
+    assert load("static", files).max_batch_size == 2
+    for kind, p in outputs.items():
+        np.testing.assert_allclose(p, outputs["module"], atol=1e-6, err_msg=kind)
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export", "static", "state_dict"])
+def test_audit_agrees_with_white_box(kind: str, files: dict[str, Path]) -> None:
+    model = load(kind, files)
+    x = inputs(3, seed=1)
+    report = fimaudit.audit(model, x, directions=256, seed=0)  # d = 192 <= 256: exact coordinate mode
+    exact = model.exact_fisher(x)
+    for sample, white in zip(report.samples, exact):
+        assert sample.method == "exact" and white.method == "jacobian"
+        # Float32 outputs and a step of 1e-2 of the data's spread leave ~1e-3 of finite-difference error.
+        assert sample.lambda_max == pytest.approx(white.lambda_max, rel=1e-2)
+        assert sample.trace == pytest.approx(white.trace, rel=1e-2)
+
+
+def test_outputs_detected_and_overridable() -> None:
+    probs = fimaudit_torch.TorchModel(seeded(relu_net, 1), input_shape=SHAPE)
+    assert probs.output_kind == "probabilities"
+    forced = fimaudit_torch.TorchModel(seeded(tanh_net, 1), input_shape=SHAPE, outputs="probabilities")
+    with pytest.raises(fimaudit.OutputError, match="logits"):
+        forced.predict_proba(inputs(2))  # logits are not probabilities: the declared kind is used
+
+
+# -- refusing to unpickle -------------------------------------------------------------------------
+
+class Payload:
+    """Unpickling this creates a directory: the test's evidence that code ran."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Callable[..., object], tuple[str]]:
+        return os.mkdir, (str(self.marker),)
+
+
+def test_state_dict_with_pickled_objects_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "code-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"weight": torch.zeros(3), "extra": Payload(marker)}, path)
+    with pytest.raises(fimaudit.ModelError, match="refuses to unpickle") as info:
+        fimaudit.load_model(path, factory=tanh_net, input_shape=SHAPE)
+    assert "GLOBAL posix.mkdir" in info.value.message
+    assert not marker.exists()
+
+
+def test_pt2_with_pickled_sample_inputs_is_refused(tmp_path: Path, files: dict[str, Path]) -> None:
+    """torch.export.load alone would fall back to a full unpickle here (and run the payload)."""
+    marker = tmp_path / "code-ran"
+    evil = tmp_path / "evil.pt2"
+    payload = tmp_path / "payload.pt"
+    torch.save(Payload(marker), payload)
+    with zipfile.ZipFile(files["export"]) as src, zipfile.ZipFile(evil, "w", zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            swap = name.endswith("sample_inputs/model.pt")
+            dst.writestr(name, payload.read_bytes() if swap else src.read(name))
+    with pytest.raises(fimaudit.ModelError, match="refuses to unpickle"):
+        fimaudit.load_model(evil)
+    assert not marker.exists()
+
+
+def test_state_dict_needs_a_matching_factory(files: dict[str, Path]) -> None:
+    with pytest.raises(fimaudit.UsageError, match="holds no architecture"):
+        fimaudit.load_model(files["state_dict"])
+    with pytest.raises(fimaudit.ModelError, match="do not fit"):
+        fimaudit.load_model(files["state_dict"], factory=relu_net, input_shape=SHAPE)
+
+
+def test_torchscript_without_recorded_shape(tmp_path: Path) -> None:
+    path = tmp_path / "plain.pt"
+    torch.jit.save(torch.jit.script(seeded(tanh_net, 0)), str(path))
+    with pytest.raises(fimaudit.UsageError, match="does not record its input shape"):
+        fimaudit.load_model(path)
+    assert fimaudit.load_model(path, input_shape=SHAPE).input_spec.shape == SHAPE
+
+
+# -- white box ------------------------------------------------------------------------------------
+
+def finite_difference_fisher(module: nn.Module, x: np.ndarray, step: float = 1e-6) -> float:
+    """λ_max from central differences of log p over every coordinate, in float64, no autograd."""
+    double = module.double().eval()
+    flat = torch.from_numpy(x.astype(np.float64).reshape(-1))
+    softmaxed = isinstance(module[-1], nn.Softmax)
+
+    def log_p(v: torch.Tensor) -> torch.Tensor:
+        out = double(v.reshape(1, *x.shape))[0]
+        return torch.log(out) if softmaxed else torch.log_softmax(out, 0)
+
+    with torch.no_grad():
+        p = torch.exp(log_p(flat))
+        cols = []
+        for i in range(flat.numel()):
+            e = torch.zeros_like(flat)
+            e[i] = step
+            cols.append((log_p(flat + e) - log_p(flat - e)) / (2 * step))
+    a = p.sqrt()[:, None] * torch.stack(cols, dim=1)  # A = diag(√p) J, K × d
+    return float(np.linalg.eigvalsh((a @ a.T).numpy())[-1])
+
+
+@pytest.mark.parametrize(
+    "factory, shape", [(tanh_net, SHAPE), (relu_net, SHAPE), (relu_mlp, (3, 4, 4))], ids=["tanh-conv", "relu-conv", "relu-mlp"]
+)
+def test_white_box_equals_finite_differences(factory: Callable[[], nn.Module], shape: tuple[int, ...]) -> None:
+    module = seeded(factory, 2)
+    model = fimaudit_torch.TorchModel(module, input_shape=shape)
+    x = inputs(3, shape, seed=5)
+    for row, white in zip(x, model.exact_fisher(x)):
+        assert white.method == "jacobian"
+        assert white.lambda_max == pytest.approx(finite_difference_fisher(seeded(factory, 2), row), rel=1e-5)
+
+
+def test_lanczos_agrees_with_jacobian() -> None:
+    many = lambda: nn.Sequential(nn.Flatten(), nn.Linear(48, 40), nn.Tanh(), nn.Linear(40, 80))  # noqa: E731
+    model = fimaudit_torch.TorchModel(seeded(many, 3, scale=2.0), input_shape=(3, 4, 4))
+    x = inputs(3, (3, 4, 4), seed=2)
+    auto = model.exact_fisher(x)  # 80 classes: Lanczos
+    jac = model.exact_fisher(x, method="jacobian")
+    assert [r.method for r in auto] == ["lanczos"] * 3
+    for a, j in zip(auto, jac):
+        assert a.lambda_max == pytest.approx(j.lambda_max, rel=1e-9)
+        assert a.trace == pytest.approx(j.trace, rel=1e-9)
+    small = fimaudit_torch.TorchModel(seeded(tanh_net, 3), input_shape=SHAPE)
+    forced = small.exact_fisher(inputs(2), method="lanczos")
+    assert [f.lambda_max for f in forced] == pytest.approx([j.lambda_max for j in small.exact_fisher(inputs(2))], rel=1e-9)
+
+
+class CastsToFloat32(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = seeded(tanh_net, 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float())
+
+
+def test_white_box_says_when_float64_is_unavailable() -> None:
+    model = fimaudit_torch.TorchModel(torch.jit.script(CastsToFloat32()), input_shape=SHAPE)
+    x = inputs(2, seed=4)
+    white = model.exact_fisher(x)
+    assert [w.method for w in white] == ["jacobian-float32"] * 2
+    reference = fimaudit_torch.TorchModel(seeded(tanh_net, 0), input_shape=SHAPE).exact_fisher(x)
+    assert [w.lambda_max for w in white] == pytest.approx([r.lambda_max for r in reference], rel=1e-4)
+
+
+def dense_norm(linear: Callable[[torch.Tensor], torch.Tensor], shape: tuple[int, ...]) -> float:
+    """‖L‖₂ of a linear map from its full Jacobian matrix (small inputs only)."""
+    jac = torch.autograd.functional.jacobian(lambda v: linear(v.reshape(1, *shape)).reshape(-1), torch.zeros(int(np.prod(shape)), dtype=torch.float64))
+    return float(torch.linalg.matrix_norm(jac, ord=2))
+
+
+def test_sanity_bound_for_relu_networks() -> None:
+    mlp = seeded(relu_mlp, 4)
+    norms = [np.linalg.norm(m.weight.detach().double().numpy(), 2) for m in mlp if isinstance(m, nn.Linear)]
+    model = fimaudit_torch.TorchModel(mlp, input_shape=(3, 4, 4))
+    assert model.sanity_bound == pytest.approx(0.5 * np.prod(np.square(norms)), rel=1e-10)
+    assert model.identity.extra["lambda_max_bound"] == f"{model.sanity_bound:.6g}"
+    exact = model.exact_fisher(inputs(8, (3, 4, 4), seed=6))
+    assert max(w.lambda_max for w in exact) <= model.sanity_bound
+
+
+def test_sanity_bound_for_conv_networks() -> None:
+    conv_net = seeded(relu_net, 4)
+    model = fimaudit_torch.TorchModel(conv_net, input_shape=SHAPE)
+    weight = conv_net[0].weight.detach().double()
+    # The conv factor is the norm of the circular convolution on the 10×10 grid that holds the
+    # zero-padded 8×8 input: an upper bound on the zero-padded convolution's own norm.
+    circular = dense_norm(lambda v: torch.nn.functional.conv2d(torch.nn.functional.pad(v, (1, 1, 1, 1), mode="circular"), weight), (3, 10, 10))
+    zero_padded = dense_norm(lambda v: torch.nn.functional.conv2d(v, weight, padding=1), SHAPE)
+    assert zero_padded <= circular <= 1.5 * zero_padded
+    linear = [np.linalg.norm(m.weight.detach().double().numpy(), 2) for m in conv_net if isinstance(m, nn.Linear)]
+    assert model.sanity_bound == pytest.approx(0.5 * circular**2 * np.prod(np.square(linear)), rel=1e-10)
+    assert max(w.lambda_max for w in model.exact_fisher(inputs(8, seed=6))) <= model.sanity_bound
+
+
+def test_conv_factor_with_groups_dilation_and_stride() -> None:
+    torch.manual_seed(5)
+    conv = nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2, groups=2).double()
+    bound = fimaudit_torch.relu_network_bound(nn.Sequential(conv), (4, 9, 9))
+    # Stride 1 and circular on the 13×13 grid (9 + dilated kernel 5 − 1): the convolution it bounds.
+    circular = dense_norm(lambda v: torch.nn.functional.conv2d(torch.nn.functional.pad(v, (2, 2, 2, 2), mode="circular"), conv.weight, dilation=2, groups=2), (4, 13, 13))
+    actual = dense_norm(lambda v: conv(v) - conv(torch.zeros_like(v)), (4, 9, 9))
+    assert bound == pytest.approx(0.5 * circular**2, rel=1e-10)
+    assert 0.5 * actual**2 <= bound
+
+
+def test_no_sanity_bound_where_it_does_not_apply(files: dict[str, Path]) -> None:
+    batchnorm = nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+    assert fimaudit_torch.TorchModel(batchnorm, input_shape=(3, 4, 4)).sanity_bound is None
+    assert load("torchscript", files).sanity_bound is None  # no Python module structure to read
+    assert "lambda_max_bound" not in load("export", files).identity.extra
+
+
+# -- the command line -----------------------------------------------------------------------------
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fimaudit.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("kind", ["torchscript", "export"])
+def test_cli_audits_torch_files(kind: str, files: dict[str, Path], tmp_path: Path) -> None:
+    data, out = tmp_path / "x.npy", tmp_path / "report.json"
+    np.save(data, inputs(3, seed=7))
+    res = cli("audit", str(files[kind]), "--data", str(data), "--out", str(out), "-k", "16", "--estimator", "sketch", "-q")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(out.read_text())
+    assert report["model"]["adapter"] == "torch" and report["model"]["sha256"] == sha256(files[kind])
+    assert report["summary"]["n"] == 3 and all(s["lambda_max"] > 0 for s in report["samples"])
+
+
+def test_cli_explains_state_dicts(files: dict[str, Path], tmp_path: Path) -> None:
+    data = tmp_path / "x.npy"
+    np.save(data, inputs(1))
+    res = cli("audit", str(files["state_dict"]), "--data", str(data), "-q", "--out", str(tmp_path / "r.json"))
+    assert res.returncode == 2 and "holds no architecture" in res.stderr
+
+
+# -- white-box mode through the core --------------------------------------------------------------
+
+def test_white_box_mode_from_python_and_cli(files: dict[str, Path], tmp_path: Path) -> None:
+    model = fimaudit.load_model(files["export"])
+    x = inputs(4, seed=3)
+    report = fimaudit.audit(model, x, directions=64, estimator="sketch", white_box=True)
+    exact = model.exact_fisher(x)
+    assert report.config.white_box
+    for sample, white in zip(report.samples, exact):
+        assert sample.lambda_max_white_box == pytest.approx(white.lambda_max)
+        assert sample.white_box_method == white.method
+        lo, hi = sample.lambda_max_ci
+        assert sample.lambda_max != sample.lambda_max_white_box  # the black-box figure is kept
+        assert lo * 0.5 <= white.lambda_max <= hi * 2  # and it is in the right place
+    data, out = tmp_path / "x.npy", tmp_path / "r.json"
+    np.save(data, x)
+    res = cli("audit", str(files["export"]), "--data", str(data), "--out", str(out), "-k", "16", "-q", "--white-box")
+    assert res.returncode == 0, res.stderr
+    assert all(s["lambda_max_white_box"] is not None for s in json.loads(out.read_text())["samples"])
+
+
+def test_white_box_refused_for_a_black_box_adapter(tmp_path: Path) -> None:
+    onnx_model = fimaudit.load_model(Path(__file__).resolve().parents[1] / "examples" / "digits.onnx")
+    with pytest.raises(fimaudit.UsageError, match="white-box mode needs a model with gradients"):
+        fimaudit.audit(onnx_model, np.zeros((1, 1, 8, 8), np.float32), white_box=True)
