@@ -164,3 +164,21 @@ class CallableModel(ProbabilityModel):
     @property
     def identity(self) -> ModelIdentity:
         return ModelIdentity(reference=self._name, adapter="callable", output_kind=self.output_kind)
+
+
+def run_in_fixed_batches(batch: np.ndarray, size: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Outputs of a model that only takes exactly `size` rows: chunk, pad the last chunk by
+    repeating its last row, and drop the padded rows' outputs."""
+    outs = []
+    for start in range(0, len(batch), size):
+        chunk = batch[start : start + size]
+        pad = size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        outs.append(np.asarray(run(chunk)).reshape(size, -1)[: size - pad])
+    return np.concatenate(outs)
+
+
+def probe_inputs(spec: InputSpec, n: int, seed: int = 0) -> np.ndarray:
+    """Seeded standard-normal inputs for adapters' probes (output kind, class count)."""
+    return np.random.default_rng(seed).standard_normal((n, *spec.shape)).astype(spec.dtype)

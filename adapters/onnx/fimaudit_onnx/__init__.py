@@ -8,7 +8,9 @@ import numpy as np
 
 from fimaudit.errors import ModelError, UsageError
 from fimaudit.fileio import file_sha256
-from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities
+from fimaudit.model import (
+    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_inputs, run_in_fixed_batches,
+)
 from fimaudit.registry import SimpleAdapter
 
 __all__ = ["OnnxModel", "adapter", "load"]
@@ -60,26 +62,18 @@ class OnnxModel(ProbabilityModel):
         n = len(batch)
         if self._fixed_batch and n != self._fixed_batch:
             return self._predict_fixed(batch)
-        (out,) = self._session.run([self._output.name], {self._input.name: batch})
-        return out
+        return self._run(batch)
 
     def _predict_fixed(self, batch: np.ndarray) -> np.ndarray:
-        """Models exported with a fixed batch size: pad the last chunk, run chunk by chunk."""
-        size = int(self._fixed_batch or 1)
-        outs = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
-            pad = size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            (out,) = self._session.run([self._output.name], {self._input.name: chunk})
-            outs.append(np.asarray(out).reshape(size, -1)[: size - pad])
-        return np.concatenate(outs)
+        """Models exported with a fixed batch size."""
+        return run_in_fixed_batches(batch, int(self._fixed_batch or 1), self._run)
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        (out,) = self._session.run([self._output.name], {self._input.name: batch})
+        return np.asarray(out)
 
     def _probe(self, n: int = 4) -> np.ndarray:
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((n, *self.input_spec.shape)).astype(self.input_spec.dtype)
-        return np.asarray(self._raw_predict(x))
+        return np.asarray(self._raw_predict(probe_inputs(self.input_spec, n)))
 
     def _classes(self) -> int:
         dims = self._output.shape

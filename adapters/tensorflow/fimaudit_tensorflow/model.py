@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from fimaudit.errors import ModelError, UsageError  # noqa: E402
-from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities  # noqa: E402
+from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_inputs, run_in_fixed_batches  # noqa: E402
 from fimaudit_tensorflow.manifest import directory_digest  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -85,19 +85,12 @@ class SavedModel(ProbabilityModel):
         return np.asarray(result[self._output])
 
     def _predict_padded(self, batch: np.ndarray, size: int) -> np.ndarray:
-        """Signatures with a fixed batch size: pad the last chunk, run chunk by chunk."""
-        outs = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
-            pad = size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            outs.append(self._call(chunk).reshape(size, -1)[: size - pad])
-        return np.concatenate(outs)
+        """Signatures with a fixed batch size."""
+        return run_in_fixed_batches(batch, size, self._call)
 
     def _probe(self) -> np.ndarray:
         n = self._fixed_batch or 2
-        x = np.random.default_rng(0).standard_normal((n, *self.input_spec.shape)).astype(self.input_spec.dtype)
+        x = probe_inputs(self.input_spec, n)
         out = np.asarray(self._raw_predict(x))
         if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
             raise ModelError(

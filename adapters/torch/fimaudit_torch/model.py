@@ -13,7 +13,9 @@ import numpy as np
 import torch
 
 from fimaudit.errors import ModelError, OutputError, UsageError
-from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities
+from fimaudit.model import (
+    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_inputs, run_in_fixed_batches,
+)
 from fimaudit_torch import files
 from fimaudit_torch.bound import relu_network_bound
 from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
@@ -162,21 +164,17 @@ class TorchModel(ProbabilityModel):
         return x.expand(self._fixed_batch, *x.shape[1:]) if self._fixed_batch else x
 
     def _predict_padded(self, batch: np.ndarray, size: int) -> np.ndarray:
-        """Programs exported with a fixed batch: pad the last chunk, run chunk by chunk."""
-        outs = []
-        for start in range(0, len(batch), size):
-            chunk = batch[start : start + size]
-            pad = size - len(chunk)
-            if pad:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device, self._dtype)
-            with torch.inference_mode():
-                outs.append(_to_numpy(self.forward(self._module, x))[: size - pad])
-        return np.concatenate(outs)
+        """Programs exported with a fixed batch."""
+        return run_in_fixed_batches(batch, size, self._run_chunk)
+
+    def _run_chunk(self, chunk: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(chunk)).to(self.device, self._dtype)
+        with torch.inference_mode():
+            return _to_numpy(self.forward(self._module, x))
 
     def _probe(self) -> np.ndarray:
         n = self._fixed_batch or 2
-        x = np.random.default_rng(0).standard_normal((n, *self.input_spec.shape)).astype(self.input_spec.dtype)
+        x = probe_inputs(self.input_spec, n)
         out = np.asarray(self._raw_predict(x))
         if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
             raise OutputError(

@@ -11,7 +11,9 @@ import numpy as np
 
 from fimaudit.engine import TransientQueryError
 from fimaudit.errors import ModelError, UsageError
-from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, to_probabilities
+from fimaudit.model import (
+    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, run_in_fixed_batches, to_probabilities,
+)
 
 from fimaudit_triton import fingerprint
 from fimaudit_triton.endpoint import HEADER_ENV, Endpoint, headers_from_env, parse_url
@@ -163,15 +165,14 @@ class TritonModel(ProbabilityModel):
 
     def _request(self, chunk: np.ndarray) -> np.ndarray:
         n = len(chunk)
-        pad = (self._fixed_batch or n) - n
-        if pad:  # a fixed-batch model takes exactly that many rows: repeat the last one
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        if self._fixed_batch and n != self._fixed_batch:
+            return run_in_fixed_batches(chunk, self._fixed_batch, self._request)
         try:
             out, version = self._transport.infer(chunk, self._input.name, self._input.datatype, self._output.name)
         except FAILURES as exc:
             raise query_error(exc, f"{self._where}: a request of {n} inputs", self._transport.timeout) from exc
         self._served_version = version or self._served_version
-        return np.asarray(out)[:n] if pad else np.asarray(out)
+        return np.asarray(out)
 
     # ---- describing ----------------------------------------------------------------------
 
