@@ -286,6 +286,8 @@ def verify_cmd(
             _print_verification(envelope, result, names, model)
             report = result.predicate.report
         elif endpoint is not None:
+            if require_pass:
+                raise UsageError("--require-pass needs a signed verdict.", "pass --key to verify the signed report")
             report = _plain_report(envelope)
         else:
             raise UsageError("no --key given.", "name each public key that must have signed: --key auditor.pub")
@@ -308,12 +310,19 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 def _plain_report(path: Path) -> AuditReport:
     """An unsigned report or predicate; a signed envelope must be verified with --key first."""
-    data = json.loads(path.read_bytes()) if path.is_file() else None
+    not_a_report = UsageError(f"{path} is not a fimaudit report.", "pass the JSON report written by fimaudit audit")
+    try:
+        data = json.loads(path.read_bytes()) if path.is_file() else None
+    except ValueError as exc:
+        raise not_a_report from exc
     if not isinstance(data, dict):
-        raise UsageError(f"{path} is not a fimaudit report.", "pass the JSON report written by fimaudit audit")
+        raise not_a_report
     if "payloadType" in data:
         raise UsageError(f"{path} is a signed envelope.", "pass --key to verify its signatures as well")
-    return AuditReport.model_validate(data.get("report", data))
+    try:
+        return AuditReport.model_validate(data.get("report", data))
+    except ValueError as exc:  # pydantic's ValidationError
+        raise not_a_report from exc
 
 
 def _check_endpoint(report: AuditReport, url: str, tolerance: float) -> None:

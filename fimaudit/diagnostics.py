@@ -73,8 +73,13 @@ class ResolutionProbe:
     def equal_fraction(self) -> float:
         return self.equal_pairs / self.live_pairs if self.live_pairs else 1.0
 
-    def resolution(self, step: float) -> tuple[float, list[str]]:
-        """(lambda level below which nothing is measurable, diagnostic flags)."""
+    def resolution(self, step: float, factor: float = 1.0) -> tuple[float, list[str]]:
+        """(lambda level below which nothing is measurable, diagnostic flags).
+
+        `factor` scales the central-difference level to the scheme: an invisible change q costs
+        q/(2h) in central differences, q/h in forward ones (x4 in lambda) and about 3q/h in
+        Richardson's (4/h weight on the h/2 pair, x9).
+        """
         flags = list(self.flags)
         eps = _EPS.get(self.output_dtype, _EPS["float32"])
         floor = self.noise
@@ -92,4 +97,4 @@ class ResolutionProbe:
             flags.append("saturated")
         elif zeros:
             flags.append("zero_probabilities")
-        return (visible + hidden) / (4 * step * step), flags
+        return factor * (visible + hidden) / (4 * step * step), flags

@@ -130,7 +130,8 @@ class QueryEngine:
         except QueryError as exc:
             # Name the samples whose queries were lost, so that nothing fails silently.
             lost = sorted({owner.key for taken in owners for owner, _ in taken})
-            raise type(exc)(f"{exc.message} Samples not audited: {lost}.", exc.fix) from exc
+            cls = TransientQueryError if isinstance(exc, TransientQueryError) else QueryError
+            raise cls(f"{exc.message} Samples not audited: {lost}.", exc.fix) from exc
         for outputs, taken in zip(answers, owners):
             offset = 0
             for owner, count in taken:

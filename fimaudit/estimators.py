@@ -23,6 +23,8 @@ SCHEME_POINTS: dict[str, tuple[float, ...]] = {
     "forward": (1.0,),
     "richardson": (1.0, -1.0, 0.5, -0.5),
 }
+# Scales the central-difference resolution level to each scheme (see diagnostics.resolution).
+RESOLUTION_FACTOR = {"central": 1.0, "forward": 4.0, "richardson": 9.0}
 # One block of perturbed inputs (float64) is kept under this size, whatever d is.
 BLOCK_BYTES = 16 * 2**20
 # Orthogonal direction groups need a d x min(k, d) QR. They only help when k is a sizeable fraction
@@ -118,7 +120,7 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         direction = stats.top_vector @ cross
         lower = yield from base.rayleigh(direction)
         queries += cfg.queries_per_direction() if lower is not None else 0
-    level, flags = probe.resolution(cfg.step)
+    level, flags = probe.resolution(cfg.step, RESOLUTION_FACTOR[cfg.scheme])
     if stats.lambda_max <= level:
         # Nothing above the output resolution: report the level itself as an upper bound, which
         # is the conservative figure for a certificate, and say so.
@@ -171,6 +173,8 @@ class _Base:
         probs = yield inputs.reshape(len(inputs), *self.shape)
         parts = [probs[i * b : (i + 1) * b] for i in range(len(points))]
         self.probe.pairs(parts[0], parts[1] if len(parts) > 1 else np.broadcast_to(self.p, parts[0].shape))
+        if len(parts) == 4:  # Richardson: the h/2 pair carries the largest weight
+            self.probe.pairs(parts[2], parts[3])
         logs = [_log(part) for part in parts]
         h = self.step
         if self.scheme == "forward":

@@ -33,12 +33,22 @@ class Journal:
         self.path = Path(path)
         if restart:
             remove_journal(self.path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._bind(binding)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise _unusable(self.path, exc) from exc
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._bind(binding)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _unusable(self.path, exc) from exc
+        except BaseException:
+            self._db.close()
+            raise
 
     def _bind(self, binding: dict[str, Any]) -> None:
         key = audit_key(binding)
@@ -57,8 +67,11 @@ class Journal:
         return json.loads(row[0]) if row else {}
 
     def finished(self) -> dict[int, SampleResult]:
-        rows = self._db.execute("SELECT idx, result FROM samples ORDER BY idx").fetchall()
-        return {int(i): SampleResult.model_validate_json(text) for i, text in rows}
+        try:
+            rows = self._db.execute("SELECT idx, result FROM samples ORDER BY idx").fetchall()
+            return {int(i): SampleResult.model_validate_json(text) for i, text in rows}
+        except (sqlite3.Error, ValueError) as exc:  # pydantic's ValidationError is a ValueError
+            raise _unusable(self.path, exc) from exc
 
     def commit(self, sample: SampleResult) -> None:
         # One transaction per sample: the row is durable when this returns.
@@ -77,3 +90,10 @@ def remove_journal(path: str | Path) -> None:
     """Delete a journal with its WAL and shared-memory files."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _unusable(path: Path, exc: Exception) -> UsageError:
+    return UsageError(
+        f"the journal {path} cannot be used: {type(exc).__name__}: {exc}",
+        "rerun with --restart to discard it, or pass another --journal path",
+    )

@@ -62,7 +62,7 @@ def audit(
     With `journal`, each finished sample is committed to that SQLite file first, and a rerun of
     the same audit continues where it stopped (`restart=True` discards it).
     """
-    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed)
+    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency)
     exact_fisher = _white_box_function(model) if white_box else None
     arr, stats = check_inputs(x, model.input_spec)
     scale = input_scale(stats)  # over all the data, so --limit never changes a sample's numbers
@@ -83,7 +83,7 @@ def audit(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
         model.output_dtype, model.input_spec.dtype,
     )
-    binding = {"model": model_info(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
+    binding = {"tool": __version__, "model": model_info(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
     book = Journal(journal, binding, restart=restart) if journal is not None else None
     try:
         samples, sent, wall = _run(model, arr, cfg, tau, concurrency, progress, book)
@@ -213,9 +213,10 @@ def _input_space(model: ProbabilityModel) -> str:
 
 def _check_options(
     directions: int, scheme: str, estimator: str, tau: float, bootstrap: int, confidence: float,
-    limit: int | None, step: float | None, seed: int,
+    limit: int | None, step: float | None, seed: int, concurrency: int,
 ) -> None:
     problems = [
+        (not isinstance(concurrency, int) or concurrency < 1, f"concurrency must be an integer >= 1 (got {concurrency!r})"),
         (not isinstance(seed, int) or seed < 0, f"seed must be a non-negative integer (got {seed!r})"),
         (not isinstance(directions, int) or directions < 2, f"directions must be an integer >= 2 (got {directions!r})"),
         (scheme not in ("central", "forward", "richardson"), f"scheme must be central, forward or richardson (got {scheme!r})"),

@@ -89,3 +89,15 @@ def test_core_never_imports_an_ml_framework() -> None:
             names += [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             for name in names:
                 assert name.split(".")[0] not in FRAMEWORKS, f"{source.name} imports {name}"
+
+
+def test_verify_endpoint_refuses_non_reports(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    res = run("verify", str(bad), "--endpoint", "triton://127.0.0.1:9/x")
+    assert res.returncode == 2 and "not a fimaudit report" in res.stderr and "Traceback" not in res.stderr
+    bad.write_text('{"samples": 3}')
+    res = run("verify", str(bad), "--endpoint", "triton://127.0.0.1:9/x")
+    assert res.returncode == 2 and "not a fimaudit report" in res.stderr
+    res = run("verify", str(bad), "--endpoint", "triton://127.0.0.1:9/x", "--require-pass")
+    assert res.returncode == 2 and "--require-pass" in res.stderr

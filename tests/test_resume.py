@@ -115,3 +115,15 @@ def test_cli_resumes_the_same_command_and_refuses_a_changed_one(tmp_path: Path, 
     assert _kill_after(subprocess.Popen(_cli(known, data, out, "--seed", "5")), journal, 10, 0.0)
     fresh = subprocess.run(_cli(known, data, out, "--restart"), capture_output=True, text=True)
     assert fresh.returncode == 0 and json.loads(out.read_text())["config"]["seed"] == 0
+
+
+def test_unusable_journal_is_a_typed_error(tmp_path: Path, mlp64: KnownModel) -> None:
+    model = fimaudit.load_model(mlp64.path)
+    garbage = tmp_path / "garbage.sqlite"
+    garbage.write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(UsageError, match="cannot be used") as info:
+        fimaudit.audit(model, mlp64.x, directions=8, journal=garbage)
+    assert "--restart" in info.value.fix
+    assert fimaudit.audit(model, mlp64.x, directions=8, journal=garbage, restart=True).summary.n == len(mlp64.x)
+    with pytest.raises(UsageError, match="cannot be used"):
+        fimaudit.audit(model, mlp64.x, directions=8, journal=tmp_path)  # a directory
