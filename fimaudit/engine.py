@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -64,11 +64,6 @@ class QueryEngine:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Probabilities (n, K) in float64 for any number of inputs, in model-sized batches."""
-        batches = [x[i : i + self.batch_size] for i in range(0, len(x), self.batch_size)]
-        return np.concatenate(self._predict_batches(batches), axis=0)
 
     def run(
         self,
@@ -176,9 +171,3 @@ class QueryEngine:
                     "check that the inputs match the model's expected shape, dtype and range",
                 ) from exc
         raise AssertionError("unreachable")
-
-
-def iter_blocks(n: int, size: int) -> Iterator[slice]:
-    """Consecutive slices of at most `size` covering range(n)."""
-    for start in range(0, n, size):
-        yield slice(start, min(n, start + size))

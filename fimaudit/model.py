@@ -182,3 +182,14 @@ def run_in_fixed_batches(batch: np.ndarray, size: int, run: Callable[[np.ndarray
 def probe_inputs(spec: InputSpec, n: int, seed: int = 0) -> np.ndarray:
     """Seeded standard-normal inputs for adapters' probes (output kind, class count)."""
     return np.random.default_rng(seed).standard_normal((n, *spec.shape)).astype(spec.dtype)
+
+
+def probe_outputs(model: ProbabilityModel, n: int, what: str, fix: str) -> np.ndarray:
+    """Raw outputs on `n` probe inputs, checked to be (n, classes >= 2); OutputError otherwise.
+
+    `what` names the output in the message (e.g. "the output 'probs'"), `fix` says what to do.
+    """
+    out = np.asarray(model._raw_predict(probe_inputs(model.input_spec, n)))
+    if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
+        raise OutputError(f"{what} has shape {out.shape} for {n} inputs; a classifier output is (batch, classes).", fix)
+    return out

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from fimaudit.errors import ModelError, UsageError  # noqa: E402
-from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_inputs, run_in_fixed_batches  # noqa: E402
+from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_outputs, run_in_fixed_batches  # noqa: E402
 from fimaudit_tensorflow.manifest import directory_digest  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -89,15 +89,7 @@ class SavedModel(ProbabilityModel):
         return run_in_fixed_batches(batch, size, self._call)
 
     def _probe(self) -> np.ndarray:
-        n = self._fixed_batch or 2
-        x = probe_inputs(self.input_spec, n)
-        out = np.asarray(self._raw_predict(x))
-        if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
-            raise ModelError(
-                f"the output '{self._output}' has shape {out.shape} for {n} inputs; a classifier output is (batch, classes).",
-                "name the class-score output with output_name= (CLI: --output NAME)",
-            )
-        return out
+        return probe_outputs(self, self._fixed_batch or 2, f"the output '{self._output}'", "name the class-score output with output_name= (CLI: --output NAME)")
 
 
 def _load(path: Path) -> Any:

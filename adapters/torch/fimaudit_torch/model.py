@@ -14,7 +14,7 @@ import torch
 
 from fimaudit.errors import ModelError, OutputError, UsageError
 from fimaudit.model import (
-    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_inputs, run_in_fixed_batches,
+    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_outputs, run_in_fixed_batches,
 )
 from fimaudit_torch import files
 from fimaudit_torch.bound import relu_network_bound
@@ -173,15 +173,7 @@ class TorchModel(ProbabilityModel):
             return _to_numpy(self.forward(self._module, x))
 
     def _probe(self) -> np.ndarray:
-        n = self._fixed_batch or 2
-        x = probe_inputs(self.input_spec, n)
-        out = np.asarray(self._raw_predict(x))
-        if out.ndim != 2 or out.shape[0] != n or out.shape[1] < 2:
-            raise OutputError(
-                f"the module returned outputs of shape {out.shape} for {n} inputs; a classifier returns (batch, classes).",
-                "wrap the module so that forward returns class probabilities or logits of shape (batch, classes)",
-            )
-        return out
+        return probe_outputs(self, self._fixed_batch or 2, "the module's output", "wrap the module so that forward returns class probabilities or logits of shape (batch, classes)")
 
     @classmethod
     def from_state_dict(cls, path: str | Path, factory: Factory, **options: Any) -> TorchModel:
