@@ -6,6 +6,7 @@ __version__ = "0.1.0"
 from fimaudit.errors import (  # noqa: E402
     AdapterNotFoundError,
     DataError,
+    EstimationError,
     FimauditError,
     ModelError,
     OutputError,
@@ -29,6 +30,7 @@ __all__ = [
     "AuditReport",
     "CallableModel",
     "DataError",
+    "EstimationError",
     "FimauditError",
     "InputSpec",
     "KeyFileError",

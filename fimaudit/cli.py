@@ -7,6 +7,7 @@ Exit codes (also in README.md):
   3  bad input data, or an unusable key file
   4  the model cannot be loaded, or its outputs are not valid probabilities/logits
   5  a query failed after retries, or a signature did not verify
+  6  an estimate failed on a sample (a fimaudit bug; the message names the sample)
   130 interrupted (Ctrl-C)
 
 `verify --require-pass` also exits 1 when the signed policy verdict failed or is absent.

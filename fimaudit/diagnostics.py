@@ -66,8 +66,9 @@ class ResolutionProbe:
         """
         if self.kept < 8 or not np.isfinite(self.min_step):
             return False
-        ratio = np.concatenate(self.steps) / self.min_step
-        return bool(np.mean(np.abs(ratio - np.round(ratio)) < 1e-3) > 0.95 and ratio.max() < 1e6)
+        with np.errstate(over="ignore", invalid="ignore"):  # a subnormal smallest step: inf, not on a grid
+            ratio = np.concatenate(self.steps) / self.min_step
+            return bool(np.mean(np.abs(ratio - np.round(ratio)) < 1e-3) > 0.95 and ratio.max() < 1e6)
 
     @property
     def equal_fraction(self) -> float:

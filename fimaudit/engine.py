@@ -3,42 +3,55 @@
 Estimators are generators: each yields a block of inputs (m, *shape) and receives their
 probabilities (m, K) back. The engine interleaves the blocks of many samples into full batches of
 the model's maximum size, so a 5-row request of one sample shares a batch with those of others,
-counts every row it sends, retries transient faults and, for remote models, keeps several batches
-in flight at once.
+counts every row it sends, retries transient faults, and keeps up to `concurrency` batches in
+flight on worker threads while the estimators' arithmetic runs on the calling thread: the model
+(local or remote) never waits for numpy, and numpy never waits for the model when it need not.
 """
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Generator, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from fimaudit.errors import FimauditError, QueryError
+from fimaudit.errors import EstimationError, FimauditError, QueryError
 from fimaudit.model import ProbabilityModel
 
 R = TypeVar("R")
 Task = Generator[np.ndarray, np.ndarray, R]
+OnDone = Callable[[Any, R], None]
 
 
 class TransientQueryError(QueryError):
     """Raised by adapters for faults worth retrying: timeouts, unavailable, 5xx, resets."""
 
 
-@dataclass
+@dataclass(eq=False)
 class _Active(Generic[R]):
+    """One sample's task and its current request: rows sent so far and answers received."""
+
     key: Any
     task: Task[R]
     request: np.ndarray
-    pos: int = 0
-    parts: list[np.ndarray] = field(default_factory=list)
+    sent: int = 0
+    received: int = 0
+    parts: dict[int, np.ndarray] = field(default_factory=dict)  # answers by row offset
 
     @property
-    def remaining(self) -> int:
-        return len(self.request) - self.pos
+    def unsent(self) -> int:
+        return len(self.request) - self.sent
+
+    @property
+    def answered(self) -> bool:
+        return self.received == len(self.request)
+
+
+# (sample, first row, row count) for each slice of one batch.
+_Owners = list[tuple[_Active[Any], int, int]]
 
 
 class QueryEngine:
@@ -59,97 +72,148 @@ class QueryEngine:
         self.backoff_seconds = backoff_seconds
         self.queries = 0
         self._count_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(self.concurrency) if self.concurrency > 1 else None
+        # Even at concurrency 1 the model runs on a worker thread, so that one batch is answered
+        # while the estimators compute on the results of the previous one.
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fimaudit-query")
+        self._closed = threading.Event()
 
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+    def close(self, *, cancel: bool = False) -> None:
+        """Stop the workers; with `cancel` (an interrupt), drop queued batches and do not wait."""
+        self._closed.set()  # a worker sleeping before a retry gives up instead
+        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
-    def run(
-        self,
-        tasks: Iterable[tuple[Any, Task[R]]],
-        on_done: Callable[[Any, R], None],
-        max_active: int = 64,
-    ) -> None:
+    def run(self, tasks: Iterable[tuple[Any, Task[R]]], on_done: OnDone[R], max_active: int = 64) -> None:
         """Drive many estimator tasks to completion, calling on_done(key, result) as each ends."""
         source = iter(tasks)
         active: list[_Active[R]] = []
+        inflight: dict[Future[np.ndarray], _Owners] = {}
         exhausted = False
-        while True:
-            # Admit samples until there are enough pending rows to fill every batch in flight
-            # (requests of 2 rows would otherwise leave batches half empty), within max_active.
-            while not exhausted and len(active) < max_active and (
-                len(active) < 2 or sum(a.remaining for a in active) < self.batch_size * self.concurrency
-            ):
-                nxt = next(source, None)
-                if nxt is None:
-                    exhausted = True
-                    break
-                entry = self._start(nxt[0], nxt[1], on_done)
-                if entry is not None:
-                    active.append(entry)
-            if not active:
-                return
-            self._step(active, on_done)
-            active = [a for a in active if a.request is not None]  # type: ignore[comparison-overlap]
-
-    def _start(self, key: Any, task: Task[R], on_done: Callable[[Any, R], None]) -> _Active[R] | None:
         try:
-            request = next(task)
+            while True:
+                exhausted = exhausted or self._admit(source, active, on_done, max_active)
+                self._submit(active, inflight, idle_ok=exhausted or len(active) >= max_active)
+                if not inflight:
+                    if not active:
+                        return
+                    continue  # nothing could be sent: admission brings more rows next round
+                self._receive(inflight)
+                # Keep the model busy with the rows already waiting before computing on the answers.
+                self._submit(active, inflight, idle_ok=False)
+                self._advance_answered(active, on_done)
+        except BaseException:
+            # An error or Ctrl-C: drop the queued batches and leave running ones behind rather
+            # than wait out their timeouts and retries.
+            self.close(cancel=True)
+            raise
+
+    def _admit(self, source: Iterator[tuple[Any, Task[R]]], active: list[_Active[R]], on_done: OnDone[R], max_active: int) -> bool:
+        """Start samples until their unsent rows fill every batch that may be in flight plus one
+        more (so the next batch is ready when a worker frees); returns True once the source is empty."""
+        want = self.batch_size * (self.concurrency + 1)
+        while len(active) < max_active and (len(active) < 2 or sum(a.unsent for a in active) < want):
+            nxt = next(source, None)
+            if nxt is None:
+                return True
+            entry = self._start(nxt[0], nxt[1], on_done)
+            if entry is not None:
+                active.append(entry)
+        return False
+
+    def _start(self, key: Any, task: Task[R], on_done: OnDone[R]) -> _Active[R] | None:
+        try:
+            request = self._advance(key, task, None)
         except StopIteration as stop:
-            on_done(key, stop.value)
+            self._finish(key, stop.value, on_done)
             return None
-        return _Active(key, task, np.asarray(request))
+        return _Active(key, task, request)
 
-    def _step(self, active: list[_Active[R]], on_done: Callable[[Any, R], None]) -> None:
-        """Send up to `concurrency` full batches drawn from the active requests, then dispatch."""
-        batches: list[np.ndarray] = []
-        owners: list[list[tuple[_Active[R], int]]] = []
-        cursor = iter(active)
-        entry = next(cursor, None)
-        while entry is not None and len(batches) < self.concurrency:
-            pieces, taken, room = [], [], self.batch_size
-            while entry is not None and room > 0:
-                take = min(room, entry.remaining)
-                if take:
-                    pieces.append(entry.request[entry.pos : entry.pos + take])
-                    taken.append((entry, take))
-                    entry.pos += take
-                    room -= take
-                if entry.remaining == 0:
-                    entry = next(cursor, None)
-            batches.append(pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0))
-            owners.append(taken)
-        try:
-            answers = self._predict_batches(batches)
-        except QueryError as exc:
-            # Name the samples whose queries were lost, so that nothing fails silently.
-            lost = sorted({owner.key for taken in owners for owner, _ in taken})
-            cls = TransientQueryError if isinstance(exc, TransientQueryError) else QueryError
-            raise cls(f"{exc.message} Samples not audited: {lost}.", exc.fix) from exc
-        for outputs, taken in zip(answers, owners):
+    def _submit(self, active: list[_Active[R]], inflight: dict[Future[np.ndarray], _Owners], idle_ok: bool) -> None:
+        """Send full batches while a worker is free; a partial one only when the model would
+        otherwise sit idle with no more rows to come (no admission possible, nothing in flight)."""
+        while len(inflight) < self.concurrency:
+            unsent = sum(a.unsent for a in active)
+            if unsent == 0 or (unsent < self.batch_size and not (idle_ok and not inflight)):
+                return
+            batch, owners = self._take_batch(active)
+            inflight[self._pool.submit(self._predict_with_retry, batch)] = owners
+
+    def _take_batch(self, active: list[_Active[R]]) -> tuple[np.ndarray, _Owners]:
+        pieces: list[np.ndarray] = []
+        owners: _Owners = []
+        room = self.batch_size
+        for entry in active:
+            take = min(room, entry.unsent)
+            if take == 0:
+                continue
+            pieces.append(entry.request[entry.sent : entry.sent + take])
+            owners.append((entry, entry.sent, take))
+            entry.sent += take
+            room -= take
+            if room == 0:
+                break
+        return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)), owners
+
+    def _receive(self, inflight: dict[Future[np.ndarray], _Owners]) -> None:
+        """Wait for at least one batch and hand its rows to the samples they belong to."""
+        finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+        for future in finished:
+            owners = inflight.pop(future)
+            try:
+                outputs = future.result()
+            except QueryError as exc:
+                raise self._lost(exc, owners, inflight) from exc
             offset = 0
-            for owner, count in taken:
-                owner.parts.append(outputs[offset : offset + count])
+            for entry, start, count in owners:
+                entry.parts[start] = outputs[offset : offset + count]
+                entry.received += count
                 offset += count
-        for owner in active:
-            if owner.remaining == 0:
-                self._answer(owner, on_done)
 
-    def _answer(self, entry: _Active[R], on_done: Callable[[Any, R], None]) -> None:
-        outputs = entry.parts[0] if len(entry.parts) == 1 else np.concatenate(entry.parts, axis=0)
-        entry.parts = []
+    def _advance_answered(self, active: list[_Active[R]], on_done: OnDone[R]) -> None:
+        for entry in [a for a in active if a.answered]:
+            self._answer(entry, on_done)
+        active[:] = [a for a in active if a.request is not None]  # type: ignore[comparison-overlap]
+
+    def _lost(self, exc: QueryError, owners: _Owners, inflight: dict[Future[np.ndarray], _Owners]) -> QueryError:
+        """The same error, naming every sample whose queries were lost, so nothing fails silently."""
+        lost = sorted({entry.key for entry, _, _ in owners} | {e.key for o in inflight.values() for e, _, _ in o})
+        cls = TransientQueryError if isinstance(exc, TransientQueryError) else QueryError
+        return cls(f"{exc.message} Samples not audited: {lost}.", exc.fix)
+
+    def _answer(self, entry: _Active[R], on_done: OnDone[R]) -> None:
+        parts = [entry.parts[start] for start in sorted(entry.parts)]
+        outputs = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+        entry.parts, entry.sent, entry.received = {}, 0, 0
         try:
-            entry.request = np.asarray(entry.task.send(outputs))
-            entry.pos = 0
+            entry.request = self._advance(entry.key, entry.task, outputs)
         except StopIteration as stop:
             entry.request = None  # type: ignore[assignment]
-            on_done(entry.key, stop.value)
+            self._finish(entry.key, stop.value, on_done)
 
-    def _predict_batches(self, batches: list[np.ndarray]) -> list[np.ndarray]:
-        if self._pool is None or len(batches) == 1:
-            return [self._predict_with_retry(b) for b in batches]
-        return list(self._pool.map(self._predict_with_retry, batches))
+    @staticmethod
+    def _advance(key: Any, task: Task[R], outputs: np.ndarray | None) -> np.ndarray:
+        """The task's next request; an estimator's own failure is named with its sample."""
+        try:
+            return np.asarray(next(task) if outputs is None else task.send(outputs))
+        except (StopIteration, FimauditError):
+            raise
+        except Exception as exc:
+            raise EstimationError(
+                f"the estimate of sample {key} failed: {type(exc).__name__}: {exc}",
+                "this is a fimaudit bug: please report it with the model and this input; "
+                "with --journal, the samples finished so far are kept",
+            ) from exc
+
+    @staticmethod
+    def _finish(key: Any, result: R, on_done: OnDone[R]) -> None:
+        try:
+            on_done(key, result)
+        except FimauditError:
+            raise
+        except Exception as exc:
+            raise EstimationError(
+                f"recording the result of sample {key} failed: {type(exc).__name__}: {exc}",
+                "check that the journal's folder is writable and has space, then rerun to resume",
+            ) from exc
 
     def _predict_with_retry(self, batch: np.ndarray) -> np.ndarray:
         for attempt in range(self.retries + 1):
@@ -159,9 +223,8 @@ class QueryEngine:
                     self.queries += len(batch)
                 return out
             except TransientQueryError:
-                if attempt == self.retries:
+                if attempt == self.retries or self._closed.wait(self.backoff_seconds * 2**attempt):
                     raise
-                time.sleep(self.backoff_seconds * 2**attempt)
             except FimauditError:
                 raise
             except Exception as exc:  # an adapter bug or a framework error: name it, keep the cause

@@ -9,6 +9,7 @@ FimauditError
 │   └── OutputError     outputs not valid probabilities (or logits)
 ├── QueryError          a query failed after retries                    (exit 5)
 ├── SignatureError      envelope malformed or not verified (fimaudit.dsse) (exit 5)
+├── EstimationError     an estimate or its recording failed: names the sample (exit 6)
 └── PolicyError         the policy file itself is wrong                 (exit 2)
 """
 from __future__ import annotations
@@ -51,3 +52,9 @@ class QueryError(FimauditError):
 
 class PolicyError(FimauditError):
     exit_code = 2
+
+
+class EstimationError(FimauditError):
+    """An estimator (or the recording of its result) failed on one sample; names the sample."""
+
+    exit_code = 6
