@@ -177,6 +177,36 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def placements() -> dict[str, tuple[set[int], set[int]] | None]:
+    """Where the server and the client run: sharing every core (the worst case, where any client
+    arithmetic takes CPU from the server) and, with two or more cores, on separate cores, as when
+    auditing an endpoint on another machine."""
+    cores = sorted(os.sched_getaffinity(0))
+    options: dict[str, tuple[set[int], set[int]] | None] = {"shared cores": None}
+    if len(cores) >= 2:
+        half = len(cores) // 2
+        options["split cores"] = (set(cores[half:]), set(cores[:half]))
+    return options
+
+
+def run_placement(work: Path, models: dict[str, tuple[str, list[Path]]], x: np.ndarray, args: argparse.Namespace, cores: tuple[set[int], set[int]] | None) -> list[Row]:
+    everything = os.sched_getaffinity(0)
+    if cores is not None:
+        os.sched_setaffinity(0, cores[0])  # the server inherits this set, then the client moves
+    try:
+        with TritonServer(build_repository(work, models), list(models), work) as server:
+            if cores is not None:
+                os.sched_setaffinity(0, cores[1])
+            for name in models:
+                time_audit(server, name, "http", x[:2], 8, 1)  # warm both sides up
+            return [
+                measure(server, m, p, x, args.directions, c, args.repeats)
+                for m in models for p in ("http", "grpc") for c in (1, 8)
+            ]
+    finally:
+        os.sched_setaffinity(0, everything)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=100, help="inputs audited (from examples/digits_test.npy)")
@@ -185,42 +215,45 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help=f"write the table to {DOC.relative_to(ROOT)}")
     args = parser.parse_args()
     x = np.load(EXAMPLES / "digits_test.npy")[: args.samples]
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        # Both served with the digits config: same tensor names, shapes and max_batch_size 256.
-        models = {"digits": ("digits.pbtxt", [example_onnx("probabilities", work)]), "wide": ("digits.pbtxt", [wide_onnx(work)])}
-        with TritonServer(build_repository(work, models), list(models), work) as server:
-            for name in models:
-                time_audit(server, name, "http", x[:2], 8, 1)  # warm both sides up
-            rows = [
-                measure(server, m, p, x, args.directions, c, args.repeats)
-                for m in models for p in ("http", "grpc") for c in (1, 8)
-            ]
-    print(table(rows))
-    for name in models:
-        worst = max(r.ratio for r in rows if r.model == name)
-        print(f"{name}: worst audit/raw {worst:.2f} (target <= {TARGET})")
+    results: dict[str, list[Row]] = {}
+    for placement, cores in placements().items():
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            # Both served with the digits config: same tensor names, shapes and max_batch_size 256.
+            models = {"digits": ("digits.pbtxt", [example_onnx("probabilities", work)]), "wide": ("digits.pbtxt", [wide_onnx(work)])}
+            rows = results[placement] = run_placement(work, models, x, args, cores)
+        print(f"## {placement}\n{table(rows)}")
+        for name in models:
+            worst = max(r.ratio for r in rows if r.model == name)
+            print(f"{name}: worst audit/raw {worst:.2f} (target <= {TARGET})")
     if args.write:
-        write_doc(rows, args)
+        write_doc(results, args)
 
 
-def write_doc(rows: list[Row], args: argparse.Namespace) -> None:
+def write_doc(results: dict[str, list[Row]], args: argparse.Namespace) -> None:
     load_average = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    sections = "".join(f"## {placement}\n\n{table(rows)}\n\n" for placement, rows in results.items())
     DOC.write_text(
         "# Triton overhead: an audit versus the raw inference it needs\n\n"
         "Written by `benchmarks/triton_overhead.py --write` (see its docstring for the method): a real\n"
         "tritonserver 2.51 (Python backend running onnxruntime, 2 CPU instances, max_batch_size 256) on\n"
         f"127.0.0.1; {args.samples} example inputs, {args.directions} directions (exact mode at d = 64); best of\n"
-        f"{args.repeats} runs. Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs shared by client and\n"
-        f"server, Python {platform.python_version()}, load average at the end {load_average}.\n\n"
-        f"{table(rows)}\n\n"
+        f"{args.repeats} runs. Machine: {platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python\n"
+        f"{platform.python_version()}, load average at the end {load_average}. Two placements: *shared cores*,\n"
+        "server and client on every core (the worst case), and *split cores*, the server pinned to half\n"
+        "the cores and the client to the other half, as when the endpoint runs on another machine.\n\n"
+        f"{sections}"
         "Reading it: *adapter/raw* is what the Triton adapter itself adds to each request (output checks,\n"
-        "dtype conversion); *audit/raw* adds what the core does around the requests. Two things make up\n"
-        "that gap: the estimators' arithmetic, which runs between requests rather than while they are in\n"
-        "flight (it weighs most for `digits`, whose inference costs next to nothing), and requests sent\n"
-        "less than full: compare *requests* with the minimum in brackets. Both are engine matters\n"
-        "(`fimaudit/engine.py`, `fimaudit/runner.py`), not the adapter's. On a machine shared with other\n"
-        "work the timings scatter by tens of percent from run to run; compare rows of one run only.\n"
+        "dtype conversion); *audit/raw* adds what the core does around the requests: the estimators'\n"
+        "arithmetic (about 0.3 ms per sample here, ~0.03 s for the 100 samples), batching, and the\n"
+        "audit's fixed steps (input scan, base queries). The engine keeps batches in flight on worker\n"
+        "threads while that arithmetic runs, so it is hidden wherever the server has CPU of its own\n"
+        "(*split cores*). With *shared cores* and 8 requests in flight the server already uses both\n"
+        "cores, so every client cycle is taken from it and the arithmetic adds to the time. For\n"
+        "`digits` the inference costs next to nothing (~2 µs a row), so the arithmetic weighs as much\n"
+        "as the whole of it and no placement brings the ratio near 1: that is a property of auditing a\n"
+        "trivially cheap model, not of the transport. On a machine shared with other work the timings\n"
+        "scatter by tens of percent from run to run; compare rows of one run only.\n"
     )
 
 
