@@ -9,9 +9,10 @@ Envelope format and verification order: fimaudit.dsse and docs/signing.md.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any, Union
 
@@ -22,6 +23,7 @@ from fimaudit.dsse import (
     PREDICATE_TYPE,
     SignatureError,
     add_signature,
+    canonical_json,
     envelope_from_bytes,
     make_statement,
     sign_envelope,
@@ -31,7 +33,7 @@ from fimaudit.errors import DataError, UsageError
 from fimaudit.fileio import file_sha256
 from fimaudit.keys import load_private_key, load_public_key, passphrase_from_env
 from fimaudit.policy import Policy, PolicyResult, inconsistencies
-from fimaudit.report import AuditReport
+from fimaudit.report import AuditReport, ModelInfo
 
 PathLike = Union[str, os.PathLike]
 PrivateKeyLike = Union[Ed25519PrivateKey, PathLike]
@@ -144,6 +146,7 @@ def verify(
     predicate = _predicate_of(verified.statement)
     _check_policy(predicate)
     subjects = [Subject(name=s["name"], sha256=s["digest"]["sha256"]) for s in verified.statement["subject"]]
+    _check_endpoint_subject(subjects, predicate.report.model)
     subject_ok = None if model_path is None else check_subjects(subjects, Path(model_path))
     return VerificationResult(signers=verified.signers, unverified=verified.unverified,
                               subjects=subjects, subject_ok=subject_ok, predicate=predicate)
@@ -154,19 +157,34 @@ def verify(
 # --------------------------------------------------------------------------- #
 
 
-def require_attestable(sha256: str | None, reference: str) -> str:
-    """Return the model's sha256; refuse endpoints, which have no bytes a subject could name."""
-    if sha256 is None:
+def require_attestable(sha256: str | None, reference: str, extra: Mapping[str, str] | None = None) -> str | None:
+    """Refuse a model that no subject can name: neither file bytes (sha256) nor an endpoint
+    fingerprint. Returns the file's sha256, or None for a fingerprinted endpoint."""
+    if sha256 is None and not (extra or {}).get("fingerprint"):
         raise UsageError(
-            f"only file models can be attested for now: {reference} has no sha256 (it is an endpoint)",
-            "audit a local model file to sign the report, or drop --sign",
+            f"{reference} cannot be attested: it has neither a file digest nor an endpoint fingerprint",
+            "audit a model file, or an endpoint through an adapter that fingerprints it (triton://), or drop --sign",
         )
     return sha256
 
 
+def endpoint_digest(model: ModelInfo) -> str:
+    """sha256 of the RFC 8785 JSON of an endpoint's recorded identity (adapter, URL, server,
+    model name and version, config digest, behavioural fingerprint): the subject of its report."""
+    identity = {"adapter": model.adapter, "reference": model.reference, "extra": dict(model.extra)}
+    return hashlib.sha256(canonical_json(identity)).hexdigest()
+
+
 def report_subjects(report: AuditReport, model_path: PathLike | None = None) -> list[Subject]:
     """The subjects for `report`: see `attest` for how `model_path` is used."""
-    audited = require_attestable(report.model.sha256, report.model.reference)
+    audited = require_attestable(report.model.sha256, report.model.reference, report.model.extra)
+    if audited is None:
+        if model_path is not None:
+            raise UsageError(
+                f"{report.model.reference} is an endpoint: there is no model file to compare with {model_path}",
+                "drop the model path; `fimaudit verify --endpoint URL` re-checks a live endpoint",
+            )
+        return [Subject(name=report.model.reference, sha256=endpoint_digest(report.model))]
     reference = Path(report.model.reference)
     if model_path is None and reference.is_dir():
         model_path = reference
@@ -190,6 +208,18 @@ def model_subjects(path: PathLike) -> list[Subject]:
     if path.is_dir():
         return directory_subjects(path)
     return [Subject(name=path.name, sha256=file_sha256(path))]
+
+
+def _check_endpoint_subject(subjects: list[Subject], model: ModelInfo) -> None:
+    """An endpoint's subject is derived from the signed report itself: they must agree."""
+    if model.sha256 is not None:
+        return
+    expected = Subject(name=model.reference, sha256=endpoint_digest(model))
+    if subjects != [expected]:
+        raise SignatureError(
+            f"the subject does not match the endpoint identity in the signed report ({model.reference})",
+            "the envelope was not made by fimaudit attest; re-sign the report",
+        )
 
 
 def directory_subjects(root: Path) -> list[Subject]:

@@ -163,11 +163,11 @@ def audit(
         key = _signing_key(sign_key) if sign_key is not None else None
         x = load_inputs(data)
         loaded = load_model(model, **options)
-        if key is not None:
-            require_attestable(loaded.identity.sha256, model)
         target = out_path or Path("report.dsse.json" if key is not None else "report.json")
         book = journal or target.with_name(target.name + ".journal")
         try:
+            if key is not None:
+                require_attestable(loaded.identity.sha256, model, loaded.identity.extra)
             with _progress(quiet) as progress:
                 report = run_audit(
                     loaded, x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,

@@ -213,11 +213,39 @@ def test_verify_detects_another_model_file(report: AuditReport, tmp_path: Path) 
         verify(envelope, [_key("auditor").public_key()], tmp_path / "missing.onnx")
 
 
-def test_endpoints_cannot_be_attested(report: AuditReport) -> None:
-    endpoint = report.model_copy(update={"model": report.model.model_copy(
-        update={"reference": "https://models.example/digits", "sha256": None})})
-    with pytest.raises(UsageError, match="only file models can be attested"):
-        attest(endpoint, _key("auditor"))
+def _endpoint(report: AuditReport, **extra: str) -> AuditReport:
+    return report.model_copy(update={"model": report.model.model_copy(
+        update={"reference": "triton://models.example:8000/digits/3", "adapter": "triton", "sha256": None, "extra": extra})})
+
+
+def test_endpoints_without_fingerprint_cannot_be_attested(report: AuditReport) -> None:
+    with pytest.raises(UsageError, match="neither a file digest nor an endpoint fingerprint"):
+        attest(_endpoint(report), _key("auditor"))
+
+
+def test_endpoint_subject_is_the_digest_of_its_identity(report: AuditReport) -> None:
+    auditor = _key("auditor")
+    endpoint = _endpoint(report, server_name="triton", model_version="3", config_sha256="ab" * 32, fingerprint="[[0.5, 0.5]]")
+    envelope = attest(endpoint, auditor)
+    keys = [SSlibKey.from_crypto(auditor.public_key(), keyid=keyid(auditor.public_key()))]
+    assert Envelope.from_dict(copy.deepcopy(envelope)).verify(keys, threshold=1)  # independent verifier
+    identity = {"adapter": "triton", "reference": endpoint.model.reference, "extra": dict(endpoint.model.extra)}
+    expected = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert _payload(envelope)["subject"] == [{"name": endpoint.model.reference, "digest": {"sha256": expected}}]
+    result = verify(envelope, [auditor.public_key()])
+    assert result.subjects == [Subject(name=endpoint.model.reference, sha256=expected)]
+    with pytest.raises(UsageError, match="is an endpoint"):
+        attest(endpoint, auditor, model_path=EXAMPLE)
+
+
+def test_endpoint_subject_must_match_the_signed_identity(report: AuditReport) -> None:
+    """A validly signed statement whose subject names another endpoint identity is refused."""
+    auditor = _key("auditor")
+    endpoint = _endpoint(report, fingerprint="[[0.5, 0.5]]")
+    statement = _payload(attest(endpoint, auditor))
+    statement["subject"][0]["digest"]["sha256"] = "0" * 64
+    with pytest.raises(SignatureError, match="subject does not match the endpoint identity"):
+        verify(sign_envelope(statement, auditor), [auditor.public_key()])
 
 
 def _model_dir(root: Path) -> Path:

@@ -358,6 +358,20 @@ def test_cli_verify_endpoint_fingerprint(triton: TritonServer, tmp_path: Path) -
     assert loose.returncode == 0
 
 
+def test_cli_signs_an_endpoint_report(triton: TritonServer, tmp_path: Path) -> None:
+    data, out, key = tmp_path / "x.npy", tmp_path / "r.dsse.json", tmp_path / "auditor"
+    np.save(data, X[:2])
+    assert run_cli("keygen", "--out", str(key)).returncode == 0
+    url = triton.url("digits", "grpc", "1")
+    made = run_cli("audit", url, "--data", str(data), "-k", "8", "--sign", str(key) + ".key", "--out", str(out), "-q")
+    assert made.returncode == 0, made.stderr
+    checked = run_cli("verify", str(out), "--key", str(key) + ".pub", "--endpoint", triton.url("digits", "http", "1"))
+    assert checked.returncode == 0, checked.stderr
+    assert f"subject     {url}" in checked.stdout and "matches the audited fingerprint" in checked.stdout
+    moved = run_cli("verify", str(out), "--key", str(key) + ".pub", "--endpoint", triton.url("digits", "http", "2"))
+    assert moved.returncode == 5 and "no longer serves the audited model" in moved.stderr
+
+
 def test_cli_unversioned_url(triton: TritonServer, tmp_path: Path) -> None:
     data, out = tmp_path / "x.npy", tmp_path / "r.json"
     np.save(data, X[:3])
