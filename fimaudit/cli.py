@@ -111,7 +111,7 @@ def _errors_to_exit_codes() -> Iterator[None]:
 @app.command()
 def audit(
     model: str = typer.Argument(..., help="Model file (e.g. model.onnx) or endpoint URL."),
-    data: Path = typer.Option(..., "--data", "-d", help="Inputs: .npy, .npz (array 'x') or .csv, shape (n, *input shape)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Inputs: .npy, .npz (array 'x') or .csv, shape (n, *input shape), or a folder of images (PNG; others with Pillow) scaled to [0, 1]."),
     out_path: Optional[Path] = typer.Option(
         None, "--out", "-o",
         help="Where to write the result (default report.json, or report.dsse.json with --sign).",
@@ -161,13 +161,16 @@ def audit(
         # Policy and key problems surface before the audit spends any queries.
         policy = load_policy(policy_path) if policy_path is not None else None
         key = _signing_key(sign_key) if sign_key is not None else None
-        x = load_inputs(data)
+        # A bad data file is reported before any model is loaded; image folders need its input shape.
+        x = None if data.is_dir() else load_inputs(data)
         loaded = load_model(model, **options)
         target = out_path or Path("report.dsse.json" if key is not None else "report.json")
         book = journal or target.with_name(target.name + ".journal")
         try:
             if key is not None:
                 require_attestable(loaded.identity.sha256, model, loaded.identity.extra)
+            if x is None:
+                x = load_inputs(data, tuple(loaded.input_spec.shape))
             with _progress(quiet) as progress:
                 report = run_audit(
                     loaded, x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,

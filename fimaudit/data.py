@@ -8,16 +8,20 @@ from pathlib import Path
 import numpy as np
 
 from fimaudit.errors import DataError
+from fimaudit.images import load_image_folder
 from fimaudit.model import InputSpec
 
 _CHUNK_BYTES = 32 * 2**20
 
 
-def load_inputs(path: str | Path) -> np.ndarray:
-    """Read inputs from .npy, .npz (array 'x' or the only array) or .csv (one input a row)."""
+def load_inputs(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read inputs from .npy, .npz (array 'x' or the only array), .csv (one input a row) or a
+    folder of images (float32 in [0, 1], arranged to `shape`, the model's input shape)."""
     p = Path(path)
+    if p.is_dir():
+        return load_image_folder(p, shape)
     if not p.is_file():
-        raise DataError(f"the data file {p} does not exist.", "pass --data PATH to an existing .npy, .npz or .csv file")
+        raise DataError(f"the data file {p} does not exist.", "pass --data PATH to an existing .npy, .npz or .csv file or an image folder")
     suffix = p.suffix.lower()
     try:
         if suffix == ".npy":
@@ -31,7 +35,7 @@ def load_inputs(path: str | Path) -> np.ndarray:
         raise
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"cannot read {p} as {suffix} data: {exc}", "check that the file is a valid, non-pickled array file") from exc
-    raise DataError(f"unsupported data file type '{suffix}' ({p}).", "use .npy, .npz (array named 'x') or .csv")
+    raise DataError(f"unsupported data file type '{suffix}' ({p}).", "use .npy, .npz (array named 'x'), .csv or a folder of images")
 
 
 def _from_npz(p: Path) -> np.ndarray:
@@ -45,9 +49,20 @@ def _from_npz(p: Path) -> np.ndarray:
 
 
 def _from_csv(p: Path) -> np.ndarray:
-    first = p.read_text().splitlines()[:1]
-    has_header = bool(first) and any(c.isalpha() for c in first[0].replace("e", "").replace("E", ""))
-    return np.loadtxt(p, delimiter=",", skiprows=1 if has_header else 0, ndmin=2)
+    with p.open() as f:
+        first = f.readline()
+    return np.loadtxt(p, delimiter=",", skiprows=1 if _is_header(first) else 0, ndmin=2)
+
+
+def _is_header(line: str) -> bool:
+    """A first row with a field that is not a number ('nan' and 'inf' are numbers: such rows are
+    data, and check_inputs reports them, rather than being dropped as a header)."""
+    for field in line.strip().split(","):
+        try:
+            float(field)
+        except ValueError:
+            return bool(line.strip())
+    return False
 
 
 def check_inputs(x: object, spec: InputSpec) -> tuple[np.ndarray, DataStats]:

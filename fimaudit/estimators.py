@@ -311,7 +311,6 @@ def bootstrap_lambdas(y: np.ndarray, reps: int, rng: np.random.Generator) -> np.
     counts = rng.multinomial(k, np.full(k, 1.0 / k), size=reps).astype(np.float64)
     if k * r * r <= 2e7:
         outer = (us[:, :, None] * us[:, None, :]).reshape(k, r * r)
-        mats = (counts @ outer).reshape(reps, r, r) / k
-    else:  # many classes: form each resample's r x r matrix on its own to bound memory
-        mats = np.stack([us.T @ (c[:, None] * us) for c in counts]) / k
-    return np.linalg.eigvalsh(mats)[:, -1]
+        return np.linalg.eigvalsh((counts @ outer).reshape(reps, r, r) / k)[:, -1]
+    # Many classes: one resample's r x r matrix at a time, so memory stays at one matrix.
+    return np.array([_top_eigenvalue(us.T @ (c[:, None] * us) / k) for c in counts])
