@@ -20,6 +20,7 @@ from fimaudit.report import AuditReport, SampleResult, Summary  # noqa: E402
 from fimaudit.runner import audit  # noqa: E402
 
 from fimaudit.attestation import AuditPredicate, Subject, VerificationResult, attest, sign, verify  # noqa: E402
+from fimaudit.comparison import Comparison, compare  # noqa: E402
 from fimaudit.dsse import SignatureError  # noqa: E402
 from fimaudit.keys import KeyFileError  # noqa: E402
 from fimaudit.policy import PolicyCheck, PolicyResult, load_policy  # noqa: E402
@@ -29,6 +30,7 @@ __all__ = [
     "AuditPredicate",
     "AuditReport",
     "CallableModel",
+    "Comparison",
     "DataError",
     "EstimationError",
     "FimauditError",
@@ -51,6 +53,7 @@ __all__ = [
     "__version__",
     "attest",
     "audit",
+    "compare",
     "load_model",
     "load_policy",
     "sign",

@@ -42,6 +42,7 @@ from fimaudit.attestation import (
     unverified_statement,
     verify,
 )
+from fimaudit.comparison import Comparison, compare
 from fimaudit.data import load_inputs
 from fimaudit.dsse import SignatureError
 from fimaudit.errors import FimauditError, UsageError
@@ -59,6 +60,7 @@ from fimaudit.keys import (
 )
 from fimaudit.policy import PolicyCheck, PolicyResult, load_policy
 from fimaudit.registry import adapter_for, load_model
+from fimaudit.render import render_html
 from fimaudit.report import AuditReport
 from fimaudit.runner import audit as run_audit
 
@@ -302,6 +304,50 @@ def verify_cmd(
         raise typer.Exit(1)
 
 
+@app.command()
+def render(
+    report_path: Path = typer.Argument(..., help="A report, predicate or signed envelope (.dsse.json) from fimaudit audit."),
+    key_paths: List[Path] = typer.Option([], "--key", "-k", help="Public key that must have signed the envelope (repeat for each)."),
+    out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: the report's name with .html)."),
+) -> None:
+    """Write the report as one self-contained HTML page with plots (no scripts, no network)."""
+    with _errors_to_exit_codes():
+        report, policy, signers = _read_report(report_path, key_paths)
+        target = out_path or report_path.with_name(report_path.name.split(".")[0] + ".html")
+        atomic_write(target, render_html(report, policy, signers).encode())
+        out.print(f"HTML written to [bold]{escape(str(target))}[/]")
+
+
+@app.command("compare")
+def compare_cmd(
+    report_a: Path = typer.Argument(..., help="Report A (the reference, e.g. the current model)."),
+    report_b: Path = typer.Argument(..., help="Report B, audited on the same data (e.g. the candidate)."),
+    key_paths: List[Path] = typer.Option([], "--key", "-k", help="Public key that must have signed both (for envelopes)."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the comparison as JSON here."),
+) -> None:
+    """Compare two audits of the same inputs sample by sample: is B more or less robust than A?"""
+    with _errors_to_exit_codes():
+        a, _, _ = _read_report(report_a, key_paths)
+        b, _, _ = _read_report(report_b, key_paths)
+        result = compare(a, b)
+        if json_out is not None:
+            atomic_write(json_out, result.model_dump_json(indent=2).encode())
+        _print_comparison(result)
+
+
+def _print_comparison(c: Comparison) -> None:
+    table = Table(title=f"B = {c.b}  vs  A = {c.a}  ({c.n} shared inputs)")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    low, high = c.median_log10_ratio_ci
+    table.add_row("median lambda_B / lambda_A", f"{10**c.median_log10_ratio:.3g}  ({c.confidence:.0%} CI {10**low:.3g} to {10**high:.3g})")
+    table.add_row("inputs where B is less sensitive", f"{c.fraction_b_lower:.1%}")
+    table.add_row("intervals apart: B lower / B higher", f"{c.separated_b_lower} / {c.separated_b_higher}")
+    table.add_row("same predicted class", f"{c.same_prediction:.1%}")
+    out.print(table)
+    out.print(f"verdict: [bold]{c.verdict}[/]")
+
+
 def _parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
@@ -313,6 +359,10 @@ def _parse_shape(text: str) -> tuple[int, ...]:
 
 
 def _plain_report(path: Path) -> AuditReport:
+    return _plain_predicate(path)[0]
+
+
+def _plain_predicate(path: Path) -> tuple[AuditReport, PolicyResult | None]:
     """An unsigned report or predicate; a signed envelope must be verified with --key first."""
     not_a_report = UsageError(f"{path} is not a fimaudit report.", "pass the JSON report written by fimaudit audit")
     try:
@@ -324,9 +374,23 @@ def _plain_report(path: Path) -> AuditReport:
     if "payloadType" in data:
         raise UsageError(f"{path} is a signed envelope.", "pass --key to verify its signatures as well")
     try:
-        return AuditReport.model_validate(data.get("report", data))
+        if "report" in data:
+            predicate = AuditPredicate.model_validate(data)
+            return predicate.report, predicate.policy
+        return AuditReport.model_validate(data), None
     except ValueError as exc:  # pydantic's ValidationError
         raise not_a_report from exc
+
+
+def _read_report(path: Path, key_paths: list[Path]) -> tuple[AuditReport, PolicyResult | None, list[str]]:
+    """(report, policy verdict, signers): a signed envelope verified against every key, else plain."""
+    if not key_paths:
+        report, policy = _plain_predicate(path)
+        return report, policy, []
+    keys = [load_public_key(p) for p in key_paths]
+    names = {keyid(k): p for k, p in zip(keys, key_paths)}
+    result = verify(path, keys)
+    return result.predicate.report, result.predicate.policy, [f"{kid} ({names[kid]})" for kid in result.signers]
 
 
 def _check_endpoint(report: AuditReport, url: str, tolerance: float) -> None:
