@@ -12,11 +12,12 @@ from html import escape
 from fimaudit.policy import PolicyResult
 from fimaudit.report import AuditReport, SampleResult, Stats
 
-WIDTH, HEIGHT, MARGIN = 560, 320, 56
+WIDTH, HEIGHT, MARGIN = 540, 320, 56
 MAX_ROWS = 1000  # the table lists this many samples; the plots show all of them
 
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1140px;color:#222}
+.meta td{text-align:left}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .pass{color:#17692d;font-weight:bold}.fail{color:#b00020;font-weight:bold}.note{color:#666}
@@ -42,7 +43,7 @@ def render_html(report: AuditReport, policy: PolicyResult | None = None, signers
 
 
 def _rows(pairs: Sequence[tuple[str, str]]) -> str:
-    return "<table>" + "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in pairs) + "</table>"
+    return "<table class='meta'>" + "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in pairs) + "</table>"
 
 
 def _provenance(report: AuditReport, signers: Sequence[str]) -> str:
@@ -165,7 +166,7 @@ def _histogram(radii: list[float], tau: float, bins: int = 30) -> str:
     counts = [sum(lo <= r < hi or (i == bins - 1 and r == hi) for r in radii) for i, (lo, hi) in enumerate(zip(edges, edges[1:]))]
     top = max(counts, default=0) or 1
     for lo, hi, n in zip(edges, edges[1:], counts):
-        height = (HEIGHT - 1.5 * MARGIN) * n / top
+        height = (HEIGHT - 2 * MARGIN) * n / top
         out.append(f"<rect class='bin' x='{x(lo):.1f}' y='{HEIGHT - MARGIN - height:.1f}' width='{max(x(hi) - x(lo) - 1, 1):.1f}' height='{height:.1f}' fill='#4c8c4a'><title>{n}</title></rect>")
-    out.append(f"<text x='{MARGIN - 4}' y='{MARGIN:.1f}' text-anchor='end' font-size='11'>{top}</text>")
+    out.append(f"<text x='{MARGIN - 4}' y='{MARGIN + 4:.1f}' text-anchor='end' font-size='11'>{top}</text>")
     return "".join(out) + "</svg>"
