@@ -78,7 +78,10 @@ class QueryEngine:
         self._closed = threading.Event()
 
     def close(self, *, cancel: bool = False) -> None:
-        """Stop the workers; with `cancel` (an interrupt), drop queued batches and do not wait."""
+        """Stop the workers; with `cancel` (an interrupt), drop queued batches and do not wait.
+        Only the first call acts: a later plain close() must not wait for what a cancel left."""
+        if self._closed.is_set():
+            return
         self._closed.set()  # a worker sleeping before a retry gives up instead
         self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
 
