@@ -146,3 +146,19 @@ def test_default_step_scales_with_the_data(mlp64: KnownModel, models_dir) -> Non
     r2 = fimaudit.audit(fimaudit.load_model(path), wide.x * 1000, directions=32, estimator="sketch")
     assert r2.config.step == pytest.approx(r1.config.step * 1000)
     assert np.allclose(lambdas(r2) * 1e6, lambdas(r1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(300, 40), (64, 64), (500, 3)])
+def test_orthonormal_columns_equal_householder_qr(shape: tuple[int, int]) -> None:
+    from fimaudit.estimators import orthonormal_columns
+
+    a = np.random.default_rng(shape[1]).standard_normal(shape)
+    q, r = np.linalg.qr(a)
+    q *= np.sign(np.diag(r))
+    got = orthonormal_columns(a)
+    np.testing.assert_allclose(got, q, atol=1e-10)
+    np.testing.assert_allclose(got.T @ got, np.eye(shape[1]), atol=1e-12)
+    singular = a.copy()
+    singular[:, -1] = singular[:, 0]  # rank-deficient: Cholesky fails and QR takes over
+    fallback = orthonormal_columns(singular)
+    np.testing.assert_allclose(fallback.T @ fallback, np.eye(shape[1]), atol=1e-12)
