@@ -12,6 +12,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse.linalg
 
 from fimaudit.diagnostics import ResolutionProbe
 
@@ -28,11 +29,13 @@ SCHEME_POINTS: dict[str, tuple[float, ...]] = {
 RESOLUTION_FACTOR = {"central": 1.0, "forward": 4.0, "richardson": 9.0}
 # One block of perturbed inputs (float64) is kept under this size, whatever d is.
 BLOCK_BYTES = 16 * 2**20
-# Orthogonal direction groups need a d x min(k, d) orthogonalisation. They only help when k is a sizeable fraction
-# of d (a third less error at k = d/2, exact at k = d); for k < d/16 i.i.d. Gaussian directions have
-# the same law and skip the QR, as they do past this many entries.
+# Orthogonal direction groups need a d x min(k, d, GROUP) orthogonalisation. They only help when k is a
+# sizeable fraction of d (a third less error at k = d/2, exact at k = d); for k < d/16 i.i.d.
+# Gaussian directions have the same law and skip it, as they do past this many entries. Groups are
+# capped so that the cost per direction, O(d * GROUP), does not grow with k: time stays linear in k.
 ORTHOGONAL_MAX_ENTRIES = 4_000_000
 ORTHOGONAL_MIN_FRACTION = 1 / 16
+ORTHOGONAL_GROUP = 512
 # The witness direction needs sum_j omega_j y_j^T (d x K); skip it when that would be large.
 WITNESS_MAX_ENTRIES = 20_000_000
 WITNESS_MIN_RATIO = 64
@@ -204,7 +207,7 @@ def direction_blocks(
     per_block = directions_per_block(d, cfg)
     if method == "exact":
         return "coordinate", _coordinate_blocks(d, per_block)
-    if d * min(k, d) <= ORTHOGONAL_MAX_ENTRIES and k >= ORTHOGONAL_MIN_FRACTION * d:
+    if d * min(k, d, ORTHOGONAL_GROUP) <= ORTHOGONAL_MAX_ENTRIES and k >= ORTHOGONAL_MIN_FRACTION * d:
         return "orthogonal", _orthogonal_blocks(rng, d, k, per_block)
     return "gaussian", _gaussian_blocks(rng, d, k, per_block)
 
@@ -231,10 +234,11 @@ def _coordinate_blocks(d: int, per_block: int) -> Iterator[np.ndarray]:
 
 
 def _orthogonal_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> Iterator[np.ndarray]:
-    """Groups of min(k, d) orthonormal rows scaled by sqrt(d): Haar-distributed, exact at k = d."""
+    """Groups of min(k, d, ORTHOGONAL_GROUP) orthonormal rows scaled by sqrt(d): Haar-distributed,
+    exact at k = d when d <= ORTHOGONAL_GROUP."""
     done = 0
     while done < k:
-        size = min(k - done, d)
+        size = min(k - done, d, ORTHOGONAL_GROUP)
         group = orthonormal_columns(rng.standard_normal((d, size))).T * np.sqrt(d)
         for start in range(0, size, per_block):
             yield group[start : start + per_block]
@@ -282,56 +286,74 @@ def sketch_statistics(y: np.ndarray, *, exact: bool, cfg: EstimatorConfig, index
     """lambda_max(Y^T Y / k) with jackknife bias correction and a bootstrap interval.
 
     Rows of y are A omega_j. In exact (coordinate) mode Y^T Y / d = A A^T and no resampling applies.
+    Everything works in the rank-r coordinates of y (r <= min(k, K)), so a 1000-class model costs
+    r x r eigenproblems, never K x K ones.
     """
     k = len(y)
-    cov = y.T @ y / k
-    evals, evecs = np.linalg.eigh(cov)
-    raw = max(float(evals[-1]), 0.0)
-    trace = float(np.trace(cov))
+    us, top_vector = _rank_coordinates(y)
+    raw = _top_eigenvalue(us.T @ us / k) if us.size else 0.0
+    trace = float(np.sum(y * y)) / k
     if exact or k < 2:
-        return SketchStatistics(raw, raw, (raw, raw), trace, evecs[:, -1])
-    corrected = max(jackknife(y, raw), 0.0)
-    boot = bootstrap_lambdas(y, cfg.bootstrap, np.random.default_rng([cfg.seed, index, 1]))
+        return SketchStatistics(raw, raw, (raw, raw), trace, top_vector)
+    corrected = max(jackknife(us, raw), 0.0)
+    boot = bootstrap_lambdas(us, cfg.bootstrap, np.random.default_rng([cfg.seed, index, 1]))
     alpha = (1 - cfg.confidence) / 2
     low, high = np.quantile(boot, [alpha, 1 - alpha])
     shift = corrected - raw  # centre the percentile interval on the bias-corrected estimate
     ci = (max(float(low + shift), 0.0), max(float(high + shift), 0.0))
-    return SketchStatistics(corrected, raw, ci, trace, evecs[:, -1])
+    return SketchStatistics(corrected, raw, ci, trace, top_vector)
+
+
+def _rank_coordinates(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(U S restricted to the non-zero singular values, the top right singular vector): y's rows
+    in an r-dimensional basis where every Gram matrix of a subset of rows keeps its spectrum."""
+    u, s, vt = np.linalg.svd(y, full_matrices=False)
+    keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros(s.shape, bool)
+    return u[:, keep] * s[keep], vt[0]
 
 
 def _top_eigenvalue(cov: np.ndarray) -> float:
+    n = len(cov)
+    if n > 64:  # only the largest: bisection on the tridiagonal form, not the whole spectrum
+        return float(scipy.linalg.eigh(cov, eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
     return float(np.linalg.eigvalsh(cov)[-1])
 
 
-def jackknife(y: np.ndarray, full: float) -> float:
+def jackknife(us: np.ndarray, full: float) -> float:
     """Delete-a-group jackknife: removes the O(1/k) upward bias of lambda_max(Y^T Y / k)."""
-    k = len(y)
+    k = len(us)
+    if us.shape[1] == 0:
+        return full
     groups = np.array_split(np.arange(k), min(k, JACKKNIFE_GROUPS))
-    total = y.T @ y
+    total = us.T @ us
     leave_out = [
-        _top_eigenvalue((total - y[g].T @ y[g]) / (k - len(g))) for g in groups
+        _top_eigenvalue((total - us[g].T @ us[g]) / (k - len(g))) for g in groups
     ]
     g = len(groups)
     return g * full - (g - 1) * float(np.mean(leave_out))
 
 
-def bootstrap_lambdas(y: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
-    """lambda_max of Y*^T Y* / k for `reps` resamples (with replacement) of the rows of y.
-
-    Works in the rank-r coordinates of y (r <= min(k, K)) so that the per-resample matrices are
-    small; the resampling weights are multinomial counts.
-    """
-    k = len(y)
-    u, s, _ = np.linalg.svd(y, full_matrices=False)
-    keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros(s.shape, bool)
-    if not keep.any():
+def bootstrap_lambdas(us: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """lambda_max of Y*^T Y* / k for `reps` resamples (with replacement) of the rows of y, given
+    y's rank coordinates us (k x r): us^T diag(c) us has the spectrum needed; c are multinomial counts."""
+    k, r = us.shape
+    if r == 0:
         return np.zeros(reps)
-    us = u[:, keep] * s[keep]  # k x r, with us^T diag(c) us having the spectrum we need
-    r = us.shape[1]
     reps = int(min(reps, max(200, 5e8 // max(1, k * r * r))))
     counts = rng.multinomial(k, np.full(k, 1.0 / k), size=reps).astype(np.float64)
     if k * r * r <= 2e7:
         outer = (us[:, :, None] * us[:, None, :]).reshape(k, r * r)
         return np.linalg.eigvalsh((counts @ outer).reshape(reps, r, r) / k)[:, -1]
-    # Many classes: one resample's r x r matrix at a time, so memory stays at one matrix.
-    return np.array([_top_eigenvalue(us.T @ (c[:, None] * us) / k) for c in counts])
+    return np.array([_resampled_top(us, c) for c in counts])
+
+
+def _resampled_top(us: np.ndarray, counts: np.ndarray) -> float:
+    """Top eigenvalue of us^T diag(counts) us / k by Lanczos on matrix-vector products (2kr each),
+    never forming the r x r matrix: many classes and directions stay cheap in time and memory.
+    It starts from e_0, the top eigenvector of the un-resampled matrix diag(s^2) in these coordinates."""
+    k, r = us.shape
+    weighted = us * (counts / k)[:, None]
+    op = scipy.sparse.linalg.LinearOperator((r, r), matvec=lambda v: weighted.T @ (us @ v), dtype=np.float64)
+    start = np.zeros(r)
+    start[0] = 1.0
+    return float(scipy.sparse.linalg.eigsh(op, k=1, which="LA", v0=start, tol=1e-10, return_eigenvectors=False)[0])

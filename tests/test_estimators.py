@@ -162,3 +162,20 @@ def test_orthonormal_columns_equal_householder_qr(shape: tuple[int, int]) -> Non
     singular[:, -1] = singular[:, 0]  # rank-deficient: Cholesky fails and QR takes over
     fallback = orthonormal_columns(singular)
     np.testing.assert_allclose(fallback.T @ fallback, np.eye(shape[1]), atol=1e-12)
+
+
+@pytest.mark.parametrize("k, classes", [(300, 10), (60, 400), (400, 300)])  # the last: Lanczos branch
+def test_rank_coordinates_give_the_full_matrices_spectra(k: int, classes: int) -> None:
+    """Jackknife, bootstrap and top vector in rank coordinates equal the K x K computations."""
+    from fimaudit.estimators import _rank_coordinates, bootstrap_lambdas, jackknife
+
+    y = np.random.default_rng(k).standard_normal((k, classes)) * np.linspace(2, 0.1, classes)
+    full = np.linalg.eigvalsh(y.T @ y / k)[-1]
+    us, top = _rank_coordinates(y)
+    assert abs(top @ (y.T @ y / k) @ top - full) < 1e-9 * full
+    groups = np.array_split(np.arange(k), 20)
+    leave_out = [np.linalg.eigvalsh(np.delete(y, g, axis=0).T @ np.delete(y, g, axis=0) / (k - len(g)))[-1] for g in groups]
+    assert jackknife(us, full) == pytest.approx(20 * full - 19 * np.mean(leave_out), rel=1e-9)
+    counts = np.random.default_rng(5).multinomial(k, np.full(k, 1.0 / k), size=200).astype(float)
+    direct = [np.linalg.eigvalsh(y.T @ (c[:, None] * y) / k)[-1] for c in counts]
+    np.testing.assert_allclose(bootstrap_lambdas(us, 200, np.random.default_rng(5)), direct, rtol=1e-9)
