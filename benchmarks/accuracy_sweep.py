@@ -629,7 +629,7 @@ def main() -> None:
         data = json.loads((out / f"{STEM}.json").read_text())
         _add_missing_scales(data)
     else:
-        data = collect(args.quick)
+        data = collect(args.quick, out)
         (out / f"{STEM}.json").write_text(json.dumps(data, indent=1) + "\n")
     plots = plot_all(data["results"], out)
     (out / f"{STEM}.md").write_text(render(data, plots) + "\n")
@@ -647,14 +647,21 @@ def _add_missing_scales(data: dict[str, Any]) -> None:
         r["logit_change_per_relative_step"] = scales[r["model"]]
 
 
-def collect(quick: bool) -> dict[str, Any]:
-    start = time.perf_counter()
-    counts, ks, steps = (QUICK, QUICK_DIRECTIONS, QUICK_STEPS) if quick else (FULL, DIRECTIONS, RELATIVE_STEPS)
-    results = [bench_subject(s, ks, steps) for s in subjects(counts)]
+def collect(quick: bool, out: Path) -> dict[str, Any]:
     import os
     import platform
 
+    start = time.perf_counter()
+    counts, ks, steps = (QUICK, QUICK_DIRECTIONS, QUICK_STEPS) if quick else (FULL, DIRECTIONS, RELATIVE_STEPS)
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores (shared), onnxruntime CPU, fimaudit {fimaudit.__version__}"
+    results: list[dict[str, Any]] = []
+    partial = out / f"{STEM}.partial.json"
+    for subject in subjects(counts):
+        results.append(bench_subject(subject, ks, steps))
+        # A long run on shared cores can be interrupted: keep what each finished model measured.
+        partial.write_text(json.dumps({"quick": quick, "wall_seconds": time.perf_counter() - start,
+                                       "machine": machine, "results": results}, indent=1) + "\n")
+    partial.unlink(missing_ok=True)
     return {"quick": quick, "wall_seconds": time.perf_counter() - start, "machine": machine, "results": results}
 
 

@@ -270,10 +270,10 @@ def orthonormal_columns(a: np.ndarray) -> np.ndarray:
 
 def _gaussian_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> Iterator[np.ndarray]:
     # numpy's Generator fills arrays from one stream, so the block size never changes the values.
-    # float32 draws: any direction law with E[v v^T] = I will do, and they cost a third of float64's
-    # (at d = 12,288, k = 256: 29 ms against 81 ms a sample, as much as a small model's inference).
+    # float64 draws: a trial of float32 ones (a third of the cost) coincided with interval coverage
+    # falling to 82-92% at d = 50,176 in benchmarks/accuracy_sweep.py; not kept until understood.
     for start in range(0, k, per_block):
-        yield rng.standard_normal((min(per_block, k - start), d), dtype=np.float32)
+        yield rng.standard_normal((min(per_block, k - start), d))
 
 
 @dataclass(frozen=True)
