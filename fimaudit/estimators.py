@@ -173,8 +173,7 @@ class _Base:
         # Built straight in the model's dtype: half the memory of float64 for float32 models.
         inputs = np.empty((len(points) * b, self.flat.size), dtype=self.dtype)
         for i, s in enumerate(points):
-            # In float64 whatever the directions' dtype, so the step taken is h * v to the last bit.
-            np.add(self.flat, np.multiply(directions, s * self.step, dtype=np.float64), out=inputs[i * b : (i + 1) * b], casting="unsafe")
+            np.add(self.flat, (s * self.step) * directions, out=inputs[i * b : (i + 1) * b], casting="unsafe")
         probs = yield inputs.reshape(len(inputs), *self.shape)
         parts = [probs[i * b : (i + 1) * b] for i in range(len(points))]
         self.probe.pairs(parts[0], parts[1] if len(parts) > 1 else np.broadcast_to(self.p, parts[0].shape))
@@ -293,8 +292,8 @@ def sketch_statistics(y: np.ndarray, *, exact: bool, cfg: EstimatorConfig, index
     r x r eigenproblems, never K x K ones.
     """
     k = len(y)
-    us, top_vector = _rank_coordinates(y)
-    raw = _top_eigenvalue(us.T @ us / k) if us.size else 0.0
+    us, top_vector, top_singular = _rank_coordinates(y)
+    raw = top_singular**2 / k  # the SVD already holds lambda_max(Y^T Y / k)
     trace = float(np.sum(y * y)) / k
     if exact or k < 2:
         return SketchStatistics(raw, raw, (raw, raw), trace, top_vector)
@@ -307,12 +306,13 @@ def sketch_statistics(y: np.ndarray, *, exact: bool, cfg: EstimatorConfig, index
     return SketchStatistics(corrected, raw, ci, trace, top_vector)
 
 
-def _rank_coordinates(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(U S restricted to the non-zero singular values, the top right singular vector): y's rows
-    in an r-dimensional basis where every Gram matrix of a subset of rows keeps its spectrum."""
+def _rank_coordinates(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """(U S restricted to the non-zero singular values, the top right singular vector, the top
+    singular value): y's rows in an r-dimensional basis where every Gram matrix of a subset of rows
+    keeps its spectrum."""
     u, s, vt = np.linalg.svd(y, full_matrices=False)
     keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros(s.shape, bool)
-    return u[:, keep] * s[keep], vt[0]
+    return u[:, keep] * s[keep], vt[0], float(s[0]) if s.size else 0.0
 
 
 def _top_eigenvalue(cov: np.ndarray) -> float:

@@ -171,8 +171,9 @@ def test_rank_coordinates_give_the_full_matrices_spectra(k: int, classes: int) -
 
     y = np.random.default_rng(k).standard_normal((k, classes)) * np.linspace(2, 0.1, classes)
     full = np.linalg.eigvalsh(y.T @ y / k)[-1]
-    us, top = _rank_coordinates(y)
+    us, top, singular = _rank_coordinates(y)
     assert abs(top @ (y.T @ y / k) @ top - full) < 1e-9 * full
+    assert singular**2 / k == pytest.approx(full, rel=1e-9)
     groups = np.array_split(np.arange(k), 20)
     leave_out = [np.linalg.eigvalsh(np.delete(y, g, axis=0).T @ np.delete(y, g, axis=0) / (k - len(g)))[-1] for g in groups]
     assert jackknife(us, full) == pytest.approx(20 * full - 19 * np.mean(leave_out), rel=1e-9)
