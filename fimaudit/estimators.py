@@ -15,18 +15,19 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from fimaudit.diagnostics import ResolutionProbe
+from fimaudit.differences import (
+    LOCALITY,
+    RESOLUTION_FACTOR,
+    SCHEME_POINTS,
+    FiniteDifferences,
+    Scheme,
+    StepChoice,
+    choose_step,
+    widen,
+)
 
-Scheme = Literal["central", "forward", "richardson"]
 EstimatorName = Literal["auto", "sketch", "exact"]
 
-# Finite-difference evaluation points per direction, as multiples of the step h.
-SCHEME_POINTS: dict[str, tuple[float, ...]] = {
-    "central": (1.0, -1.0),
-    "forward": (1.0,),
-    "richardson": (1.0, -1.0, 0.5, -0.5),
-}
-# Scales the central-difference resolution level to each scheme (see diagnostics.resolution).
-RESOLUTION_FACTOR = {"central": 1.0, "forward": 4.0, "richardson": 9.0}
 # One block of perturbed inputs (float64) is kept under this size, whatever d is.
 BLOCK_BYTES = 16 * 2**20
 # Orthogonal direction groups need a d x min(k, d, GROUP) orthogonalisation. They only help when k is a
@@ -40,14 +41,11 @@ ORTHOGONAL_GROUP = 512
 WITNESS_MAX_ENTRIES = 20_000_000
 WITNESS_MIN_RATIO = 64
 JACKKNIFE_GROUPS = 20
-# Clamp probabilities before the log: a class whose probability underflows contributes
-# sqrt(p) * (log difference) ~ 0 to A v anyway.
-_TINY = np.finfo(np.float64).tiny
-
-
 @dataclass(frozen=True)
 class EstimatorConfig:
-    """How each sample is estimated. `step` is absolute, in input units (RMS per coordinate)."""
+    """How each sample is estimated. `step` is absolute, in input units (RMS per coordinate): with
+    `adaptive_step` it is where each sample's step search starts, else the step every sample uses
+    (still checked by a pilot). `step_floor` is the smallest step the input dtype resolves."""
 
     directions: int
     step: float
@@ -59,6 +57,9 @@ class EstimatorConfig:
     witness: bool = True
     output_dtype: str = "float32"
     input_dtype: str = "float64"
+    adaptive_step: bool = True
+    tau: float = 0.01
+    step_floor: float = 0.0
 
     def queries_per_direction(self) -> int:
         return len(SCHEME_POINTS[self.scheme])
@@ -90,6 +91,8 @@ class SampleEstimate:
     probabilities: np.ndarray
     resolution: float
     flags: tuple[str, ...]
+    step: StepChoice
+    step_norm: float  # the perturbation's L2 norm, step * sqrt(d) (the directions' RMS length)
 
 
 def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generator[np.ndarray, np.ndarray, SampleEstimate]:
@@ -106,13 +109,19 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     method = cfg.resolve(d)
     k = d if method == "exact" else cfg.directions
     kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
-    base = _Base(flat, shape, p0, cfg.step, cfg.scheme, probe, cfg.input_dtype)
+    fd = FiniteDifferences(flat, shape, p0, cfg.step, cfg.scheme, probe, cfg.input_dtype)
+    choice = yield from choose_step(
+        fd, cfg.step, tau=cfg.tau, floor=cfg.step_floor, search=cfg.adaptive_step,
+        rng=np.random.default_rng([cfg.seed, index, 2]), output_dtype=cfg.output_dtype,
+    )
+    queries += choice.queries
+    fd = fd.at(choice.step)
     # The witness aligns with the worst direction only to about k/d: below k = d/64 it says nothing.
     want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES and k * WITNESS_MIN_RATIO >= d
     cross = np.zeros((p0.size, d)) if want_witness else None  # K x d: row-major products are fast
     rows: list[np.ndarray] = []
     for block in blocks:
-        y = yield from base.jvp(block)
+        y = yield from fd.jvp(block)
         queries += len(block) * cfg.queries_per_direction()
         rows.append(y)
         if cross is not None:
@@ -122,14 +131,18 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     lower = None
     if cross is not None:
         direction = stats.top_vector @ cross
-        lower = yield from base.rayleigh(direction)
+        lower = yield from fd.rayleigh(direction)
         queries += cfg.queries_per_direction() if lower is not None else 0
-    level, flags = probe.resolution(cfg.step, RESOLUTION_FACTOR[cfg.scheme])
+    level, flags = probe.resolution(choice.step, RESOLUTION_FACTOR[cfg.scheme])
+    step_norm = choice.step * float(np.sqrt(d))
     if stats.lambda_max <= level:
         # Nothing above the output resolution: report the level itself as an upper bound, which
         # is the conservative figure for a certificate, and say so.
         flags.append("below_resolution")
         stats = replace(stats, lambda_max=level, ci=(0.0, level))
+    else:
+        flags += step_flags(choice, step_norm, stats.lambda_max, cfg.tau)
+        stats = replace(stats, ci=widen(stats.ci, stats.lambda_max, choice, float(np.sqrt(level / stats.lambda_max))))
     return SampleEstimate(
         predicted_class=int(np.argmax(p0)),
         confidence=float(np.max(p0)),
@@ -147,57 +160,17 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         probabilities=p0,
         resolution=level,
         flags=tuple(flags),
+        step=choice,
+        step_norm=step_norm,
     )
 
 
-def _log(p: np.ndarray) -> np.ndarray:
-    return np.log(np.maximum(p, _TINY))
-
-
-@dataclass(frozen=True)
-class _Base:
-    """One input and its base outputs: turns directions into finite-difference JVPs A v."""
-
-    flat: np.ndarray
-    shape: tuple[int, ...]
-    p: np.ndarray
-    step: float
-    scheme: Scheme
-    probe: ResolutionProbe
-    dtype: str = "float64"
-
-    def jvp(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
-        """Rows A v_j for the rows v_j of `directions` (b, d), from perturbed queries."""
-        b = len(directions)
-        points = SCHEME_POINTS[self.scheme]
-        # Built straight in the model's dtype: half the memory of float64 for float32 models.
-        inputs = np.empty((len(points) * b, self.flat.size), dtype=self.dtype)
-        for i, s in enumerate(points):
-            np.add(self.flat, (s * self.step) * directions, out=inputs[i * b : (i + 1) * b], casting="unsafe")
-        probs = yield inputs.reshape(len(inputs), *self.shape)
-        parts = [probs[i * b : (i + 1) * b] for i in range(len(points))]
-        self.probe.pairs(parts[0], parts[1] if len(parts) > 1 else np.broadcast_to(self.p, parts[0].shape))
-        if len(parts) == 4:  # Richardson: the h/2 pair carries the largest weight
-            self.probe.pairs(parts[2], parts[3])
-        logs = [_log(part) for part in parts]
-        h = self.step
-        if self.scheme == "forward":
-            deriv = (logs[0] - _log(self.p)) / h
-        elif self.scheme == "central":
-            deriv = (logs[0] - logs[1]) / (2 * h)
-        else:  # Richardson: the h^2 terms of central differences at h and h/2 cancel
-            deriv = (4 * (logs[2] - logs[3]) / h - (logs[0] - logs[1]) / (2 * h)) / 3
-        return deriv * np.sqrt(self.p)
-
-    def rayleigh(self, direction: np.ndarray) -> Generator[np.ndarray, np.ndarray, float | None]:
-        """||A v||^2 / ||v||^2 measured along one direction: a witnessed lower bound on lambda_max."""
-        norm = float(np.linalg.norm(direction))
-        if not np.isfinite(norm) or norm == 0.0:
-            return None
-        d = self.flat.size
-        scaled = direction * (np.sqrt(d) / norm)  # same length as the sketch's directions
-        y = yield from self.jvp(scaled[None, :])
-        return float(y[0] @ y[0]) / d
+def step_flags(choice: StepChoice, step_norm: float, lam: float, tau: float) -> list[str]:
+    """step_unconverged: no two steps agreed; step_nonlocal: the step is not small against ε_τ."""
+    flags = [] if choice.converged else ["step_unconverged"]
+    if step_norm > np.sqrt(2 * tau / lam) / LOCALITY:
+        flags.append("step_nonlocal")
+    return flags
 
 
 def direction_blocks(

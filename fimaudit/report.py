@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fimaudit.errors import DataError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
 
 
 class _Model(BaseModel):
@@ -47,7 +47,11 @@ class DataInfo(_Model):
 class AuditConfig(_Model):
     estimator: Literal["auto", "sketch", "exact"]
     directions: int
-    step: float = Field(description="Finite-difference step h, in input units (RMS per coordinate).")
+    step: float = Field(
+        description="Finite-difference step h, in input units (RMS per coordinate): where each sample's step "
+        "search starts, or the step every sample uses when it was given. Each sample records its own."
+    )
+    step_rule: str | None = Field(default=None, description="How each sample's step was chosen.")
     step_relative: float | None = Field(description="h divided by the data's standard deviation, when h was derived from it.")
     scheme: Literal["central", "forward", "richardson"]
     seed: int
@@ -57,6 +61,11 @@ class AuditConfig(_Model):
     interval_method: str
     input_space: str = Field(description="Units all figures are in: the model's own input space.")
     white_box: bool = Field(default=False, description="Whether white-box figures were computed beside the black-box ones.")
+
+
+class StepTrial(_Model):
+    step: float
+    lambda_pilot: float = Field(description="lambda_max over the pilot's few directions at this step (rough).")
 
 
 class SampleResult(_Model):
@@ -80,8 +89,18 @@ class SampleResult(_Model):
     )
     flags: list[str] = Field(
         description="What limited the measurement: nondeterministic, quantized_outputs, saturated, "
-        "zero_probabilities, below_resolution (then lambda_max is that level, an upper bound)."
+        "zero_probabilities, below_resolution (then lambda_max is that level, an upper bound), "
+        "step_unconverged (no two successive steps agreed: the interval is widened by their disagreement), "
+        "step_nonlocal (the step's L2 norm exceeds epsilon_tau / 10)."
     )
+    step: float | None = Field(default=None, description="Finite-difference step this sample used (RMS per coordinate).")
+    step_norm: float | None = Field(default=None, description="L2 norm of the step's perturbation, step * sqrt(d).")
+    step_error: float | None = Field(
+        default=None,
+        description="Estimated relative error of the JVPs at this step, from the pilot (Richardson estimate when "
+        "converged; the smallest disagreement between successive steps when not). lambda_max_ci includes it.",
+    )
+    step_trials: list[StepTrial] = Field(default_factory=list, description="The pilot's steps, in the order measured.")
     lambda_max_white_box: float | None = Field(
         default=None, description="lambda_max from the model's own derivatives (white-box mode), to check the estimate."
     )

@@ -23,13 +23,19 @@ from fimaudit.report import (
     DataInfo,
     ModelInfo,
     SampleResult,
+    StepTrial,
     ToolInfo,
     summarize,
 )
 
-# Default step relative to the data's spread, by output precision: h ~ eps_out^(1/3) balances
-# truncation against rounding; float32 real models measured best near 1e-2 (MATH.md).
+# Where each sample's step search starts, relative to the data's spread (by output precision): the
+# textbook h ~ eps_out^(1/3). On real trained networks this is far outside the local regime, so it
+# is only the first rung: the search moves down to a step that has converged (differences.py).
 RELATIVE_STEP = {"float16": 3e-2, "float32": 1e-2, "float64": 1e-4}
+STEP_RULE = (
+    "per sample: a pilot of 3 directions from the start step, jumping to eps_tau/20, then down by 4x "
+    "until two successive steps agree (docs/math.md)"
+)
 INTERVAL_METHOD = "percentile bootstrap over directions, shifted by the jackknife bias correction"
 Progress = Callable[[int, int, int], None]
 
@@ -81,7 +87,7 @@ def audit(
         )
     cfg = EstimatorConfig(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
-        model.output_dtype, model.input_spec.dtype,
+        model.output_dtype, model.input_spec.dtype, adaptive_step=step is None, tau=tau, step_floor=floor,
     )
     binding = {"tool": __version__, "model": model_info(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
     book = Journal(journal, binding, restart=restart) if journal is not None else None
@@ -98,7 +104,8 @@ def audit(
         model=model_info(model),
         data=DataInfo(sha256=audited_digest, shape=list(arr.shape), dtype=str(arr.dtype), source=data_source),
         config=AuditConfig(
-            estimator=estimator, directions=directions, step=h, step_relative=relative, scheme=scheme,
+            estimator=estimator, directions=directions, step=h, step_relative=relative,
+            step_rule=STEP_RULE if step is None else "fixed (given), checked by a pilot", scheme=scheme,
             seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence,
             interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
         ),  # type: ignore[arg-type]
@@ -161,6 +168,10 @@ def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:
         directions_kind=est.directions_kind,
         lambda_max_resolution=est.resolution,
         flags=list(est.flags),
+        step=est.step.step,
+        step_norm=est.step_norm,
+        step_error=est.step.error if math.isfinite(est.step.error) else None,
+        step_trials=[StepTrial(step=h, lambda_pilot=lam) for h, lam in est.step.trials],
     )
 
 

@@ -7,10 +7,16 @@ from conftest import KnownModel
 
 import fimaudit
 import reference
+from fimaudit.differences import PILOT_DIRECTIONS
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(a) - np.asarray(b)) / np.abs(np.asarray(b))
+
+
+def pilot_queries(s: fimaudit.SampleResult, per_direction: int = 2) -> int:
+    """What the step search spent: its directions at each step it measured."""
+    return len(s.step_trials) * PILOT_DIRECTIONS * per_direction
 
 
 def lambdas(report: fimaudit.AuditReport) -> np.ndarray:
@@ -39,7 +45,7 @@ def test_exact_mode_matches_analytic_jacobian(mlp64: KnownModel) -> None:
     assert np.all(rel(lambdas(report), lam) < 1e-4)
     assert np.all(rel([s.trace for s in report.samples], tr) < 1e-4)
     assert [s.predicted_class for s in report.samples] == list(np.argmax(p, axis=1))
-    assert all(s.queries == 2 + 2 * 192 + 2 for s in report.samples)
+    assert all(s.queries == 2 + pilot_queries(s) + 2 * 192 + 2 for s in report.samples)
 
 
 def test_sketch_error_and_interval_coverage(mlp64: KnownModel) -> None:
@@ -84,7 +90,7 @@ def test_schemes_in_exact_mode(mlp64: KnownModel, scheme: str) -> None:
     tolerance = {"central": 1e-6, "forward": 1e-3, "richardson": 1e-8}[scheme]
     assert np.all(rel(lambdas(report), lam) < tolerance)
     per_direction = {"central": 2, "forward": 1, "richardson": 4}[scheme]
-    assert report.samples[0].queries == 2 + per_direction * (192 + 1)
+    assert report.samples[0].queries == 2 + pilot_queries(report.samples[0], per_direction) + per_direction * (192 + 1)
 
 
 def test_float32_model_exact_mode(mlp32: KnownModel) -> None:
@@ -127,7 +133,7 @@ def test_logit_outputs_detected_and_softmaxed(mlp64_logits: KnownModel) -> None:
 
 def test_query_accounting(mlp64: KnownModel) -> None:
     report = fimaudit.audit(fimaudit.load_model(mlp64.path, max_batch_size=7), mlp64.x, directions=20)
-    assert all(s.queries == 2 + 2 * 20 + 2 for s in report.samples)
+    assert all(s.queries == 2 + pilot_queries(s) + 2 * 20 + 2 for s in report.samples)
     assert report.summary.queries == sum(s.queries for s in report.samples)
     assert report.summary.n == len(mlp64.x)
 

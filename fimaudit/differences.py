@@ -1,0 +1,222 @@
+"""Finite-difference Jacobian-vector products A v from probabilities, and the choice of their step.
+
+A difference quotient is a secant. On real trained networks a step sized from the data's spread
+(the textbook rule) is tens of times larger than the radius over which the network is close to
+linear, and the secant then reads λ_max up to 79% low (docs/math.md, "Choosing the step"). So the
+step is chosen per input, by a pilot of a few directions measured at successive steps h, h/4,
+h/16, ...: the first step whose JVPs agree with those at the step 4x larger is in the local regime
+(its own error is about 1/(4^p - 1) of the disagreement for a scheme of order p). The search starts
+no larger than a fraction of the radius ε_τ the pilot implies, and stops before the output's
+rounding or the input's precision would dominate. Where no pair agrees, the sample is flagged and
+its interval widened by the disagreement.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Generator
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+
+from fimaudit.diagnostics import ResolutionProbe
+
+Scheme = Literal["central", "forward", "richardson"]
+
+# Finite-difference evaluation points per direction, as multiples of the step h.
+SCHEME_POINTS: dict[str, tuple[float, ...]] = {
+    "central": (1.0, -1.0),
+    "forward": (1.0,),
+    "richardson": (1.0, -1.0, 0.5, -0.5),
+}
+# Order p of each scheme's truncation error O(h^p).
+SCHEME_ORDER = {"central": 2, "forward": 1, "richardson": 4}
+# Scales the central-difference resolution level to each scheme (see diagnostics.resolution).
+RESOLUTION_FACTOR = {"central": 1.0, "forward": 4.0, "richardson": 9.0}
+
+# The pilot: 3 directions at up to 4 steps is 24 queries with central differences, 4.7% of the
+# 516 an input costs at k = 256 (and 1.2% at k = 1024).
+PILOT_DIRECTIONS = 3
+PILOT_STEPS = 4
+STEP_RATIO = 4.0
+# The step's L2 norm must stay under ε_τ / LOCALITY (else the sample is flagged step_nonlocal);
+# the search aims at ε_τ / (2 LOCALITY) so that a pilot reading λ_max up to 4x low still passes.
+LOCALITY = 10.0
+# Two steps agree when their JVPs differ by at most MAX_DISAGREEMENT (relative, Frobenius) and the
+# smaller step's own truncation error, estimated from that difference, is at most ERROR_TARGET
+# (about 2x that in λ_max: 1%, well under the sketch's 4.4% at k = 1024).
+MAX_DISAGREEMENT = 0.1
+ERROR_TARGET = 0.005
+# Stop shrinking the step once output rounding would reach 1/NOISE_MARGIN of the pilot's signal,
+# or once the step comes within INPUT_MARGIN of the input dtype's resolution.
+NOISE_MARGIN = 100.0
+INPUT_MARGIN = 10.0
+# Clamp probabilities before the log: a class whose probability underflows contributes
+# sqrt(p) * (log difference) ~ 0 to A v anyway.
+_TINY = np.finfo(np.float64).tiny
+
+
+def log_probabilities(p: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum(p, _TINY))
+
+
+@dataclass(frozen=True)
+class FiniteDifferences:
+    """One input and its base outputs: turns directions into finite-difference JVPs A v at `step`."""
+
+    flat: np.ndarray
+    shape: tuple[int, ...]
+    p: np.ndarray
+    step: float
+    scheme: Scheme
+    probe: ResolutionProbe
+    dtype: str = "float64"
+
+    def at(self, step: float, probe: ResolutionProbe | None = None) -> FiniteDifferences:
+        return replace(self, step=step, probe=self.probe if probe is None else probe)
+
+    def jvp(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows A v_j for the rows v_j of `directions` (b, d), from perturbed queries."""
+        b = len(directions)
+        points = SCHEME_POINTS[self.scheme]
+        # Built straight in the model's dtype: half the memory of float64 for float32 models.
+        inputs = np.empty((len(points) * b, self.flat.size), dtype=self.dtype)
+        for i, s in enumerate(points):
+            np.add(self.flat, (s * self.step) * directions, out=inputs[i * b : (i + 1) * b], casting="unsafe")
+        probs = yield inputs.reshape(len(inputs), *self.shape)
+        parts = [probs[i * b : (i + 1) * b] for i in range(len(points))]
+        self.probe.pairs(parts[0], parts[1] if len(parts) > 1 else np.broadcast_to(self.p, parts[0].shape))
+        if len(parts) == 4:  # Richardson: the h/2 pair carries the largest weight
+            self.probe.pairs(parts[2], parts[3])
+        logs = [log_probabilities(part) for part in parts]
+        h = self.step
+        if self.scheme == "forward":
+            deriv = (logs[0] - log_probabilities(self.p)) / h
+        elif self.scheme == "central":
+            deriv = (logs[0] - logs[1]) / (2 * h)
+        else:  # Richardson: the h^2 terms of central differences at h and h/2 cancel
+            deriv = (4 * (logs[2] - logs[3]) / h - (logs[0] - logs[1]) / (2 * h)) / 3
+        return deriv * np.sqrt(self.p)
+
+    def rayleigh(self, direction: np.ndarray) -> Generator[np.ndarray, np.ndarray, float | None]:
+        """||A v||^2 / ||v||^2 measured along one direction: a witnessed lower bound on lambda_max."""
+        norm = float(np.linalg.norm(direction))
+        if not np.isfinite(norm) or norm == 0.0:
+            return None
+        d = self.flat.size
+        scaled = direction * (np.sqrt(d) / norm)  # same length as the sketch's directions
+        y = yield from self.jvp(scaled[None, :])
+        return float(y[0] @ y[0]) / d
+
+
+@dataclass(frozen=True)
+class StepChoice:
+    """The step a sample's JVPs use, and the evidence for it."""
+
+    step: float
+    converged: bool
+    # Estimated relative error of the JVPs at `step` (Frobenius, over the pilot directions):
+    # the Richardson estimate disagreement / (ratio^p - 1) when converged, else the smallest
+    # disagreement seen (the regime is unknown, so nothing is divided away).
+    error: float
+    trials: tuple[tuple[float, float], ...]  # (step, pilot lambda_max) for each step measured
+    queries: int
+    searched: bool  # False when the user fixed the step (then it was only checked)
+
+
+def pilot_directions(d: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((PILOT_DIRECTIONS, d))
+
+
+def locality_step(lam: float, tau: float, d: int, fraction: float = 2 * LOCALITY) -> float:
+    """The per-coordinate step whose L2 norm (step * sqrt(d)) is ε_τ(λ) / fraction."""
+    if not lam > 0 or not math.isfinite(lam):
+        return math.inf
+    return math.sqrt(2 * tau / lam) / (fraction * math.sqrt(d))
+
+
+def choose_step(
+    fd: FiniteDifferences, start: float, *, tau: float, floor: float, search: bool, rng: np.random.Generator,
+    output_dtype: str,
+) -> Generator[np.ndarray, np.ndarray, StepChoice]:
+    """Measure a pilot of JVPs at successive steps and pick the first that agrees with the next larger.
+
+    With `search` False (a step the user fixed) only `start` and start/4 are measured: the step is
+    kept, and the check reported.
+    """
+    directions = pilot_directions(fd.flat.size, rng)
+    probe = ResolutionProbe(fd.p, output_dtype)  # the pilot's own: the audit's probe sees only its step
+    order = SCHEME_ORDER[fd.scheme]
+    trials: list[tuple[float, float]] = []
+    queries = 0
+
+    def measure(h: float) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
+        nonlocal queries
+        y = yield from fd.at(h, probe).jvp(directions)
+        queries += len(directions) * len(SCHEME_POINTS[fd.scheme])
+        trials.append((h, pilot_lambda(y)))
+        return y
+
+    h = start
+    y = yield from measure(h)
+    target = locality_step(trials[-1][1], tau, fd.flat.size)
+    if search and target < h / STEP_RATIO and _resolvable(y, target, probe, fd, floor):
+        h = target  # jump straight into the local regime the first reading implies
+        y = yield from measure(h)
+    fallback = h if search else start
+    best: tuple[float, float] = (math.inf, fallback)  # (disagreement, smaller step) of the best pair
+    while len(trials) < (PILOT_STEPS if search else 2):
+        smaller = h / STEP_RATIO
+        if not _resolvable(y, smaller, probe, fd, floor):
+            break
+        y_small = yield from measure(smaller)
+        gap = relative_gap(y, y_small)
+        error = gap / (STEP_RATIO**order - 1)
+        if gap <= MAX_DISAGREEMENT and error <= ERROR_TARGET:
+            if search:
+                return StepChoice(smaller, True, error, tuple(trials), queries, True)
+            # A fixed step keeps the larger of the pair: its own error is the smaller's plus the gap.
+            return StepChoice(start, True, error + gap, tuple(trials), queries, False)
+        if search and gap < best[0]:
+            best = (gap, smaller)
+        elif not search:
+            best = (gap, start)
+        h, y = smaller, y_small
+    return StepChoice(best[1], False, best[0], tuple(trials), queries, search)
+
+
+def pilot_lambda(y: np.ndarray) -> float:
+    """lambda_max(Y^T Y / m) over the pilot's m JVPs: rough, and if anything high when m < rank."""
+    s = np.linalg.svd(y, compute_uv=False)
+    return float(s[0] ** 2 / len(y)) if s.size else 0.0
+
+
+def relative_gap(y_large: np.ndarray, y_small: np.ndarray) -> float:
+    """||Y_h - Y_{h/4}||_F / ||Y_{h/4}||_F; 0 when both are zero, inf when only the smaller is."""
+    diff = float(np.linalg.norm(y_large - y_small))
+    ref = float(np.linalg.norm(y_small))
+    if ref == 0.0:
+        return 0.0 if diff == 0.0 else math.inf
+    return diff / ref
+
+
+def _resolvable(y: np.ndarray, step: float, probe: ResolutionProbe, fd: FiniteDifferences, floor: float) -> bool:
+    """Whether JVPs at `step` would still stand above output rounding and input precision."""
+    if step < INPUT_MARGIN * floor:
+        return False
+    level, _ = probe.resolution(step, RESOLUTION_FACTOR[fd.scheme])
+    signal = float(np.sum(y * y)) / len(y)  # the pilot's trace estimate, at the larger step
+    return signal > NOISE_MARGIN * level
+
+
+def widen(interval: tuple[float, float], lam: float, choice: StepChoice, noise: float) -> tuple[float, float]:
+    """The interval, widened by the finite-difference error of the step used.
+
+    A relative error e in the JVPs moves λ_max by at most a factor (1 ± e)^2. Converged steps widen
+    by their small estimated error; unconverged ones by the smallest disagreement seen, so the
+    interval covers what the steps disagreed about instead of confidently excluding the truth.
+    `noise` adds the output rounding's relative size, sqrt(resolution level / λ_max).
+    """
+    e = (choice.error if math.isfinite(choice.error) else 1.0) + noise
+    low, high = min(interval[0], lam), max(interval[1], lam)
+    return (max(low * (1 - min(e, 1.0)) ** 2, 0.0), high * (1 + e) ** 2)
