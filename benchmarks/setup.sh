@@ -13,4 +13,6 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ]; then
         exit 1
     fi
 fi
-"$venv/bin/python" -m pip install --quiet -r "$(dirname "${BASH_SOURCE[0]}")/requirements.txt"
+here="$(dirname "${BASH_SOURCE[0]}")"
+"$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt"
+"$venv/bin/python" -m pip install --quiet --no-deps -r "$here/requirements-nodeps.txt"

@@ -1,7 +1,7 @@
 """fimaudit: black-box audits of a classifier's sensitivity via the input Fisher information."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 from fimaudit.errors import (  # noqa: E402
     AdapterNotFoundError,
