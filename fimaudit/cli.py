@@ -191,7 +191,8 @@ def audit(
         raise typer.Exit(1)
 
 
-# The percentile bootstrap covered 88-92.5% of exact values at k <= 64 (docs/benchmarks.md).
+# Below this the intervals may undercover: 90% at k = 16 in docs/math.md's simulation, and the
+# earlier percentile interval covered 88-92.5% at k <= 64 on real models.
 RELIABLE_INTERVAL_DIRECTIONS = 128
 
 
@@ -199,7 +200,7 @@ def _warn_small_k(directions: int, estimator: str) -> None:
     if directions < RELIABLE_INTERVAL_DIRECTIONS and estimator != "exact":
         err.print(
             f"[yellow]warning:[/] with {directions} directions the 95% intervals of sketched inputs are unreliable "
-            f"(they covered 88-92% of exact values in our benchmarks); use --directions {RELIABLE_INTERVAL_DIRECTIONS} "
+            f"(down to 90% coverage at k = 16 in our measurements); use --directions {RELIABLE_INTERVAL_DIRECTIONS} "
             "or more for intervals you can quote.", soft_wrap=True,
         )
 

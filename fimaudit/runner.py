@@ -36,7 +36,10 @@ STEP_RULE = (
     "per sample: a pilot of 3 directions from the start step, jumping to eps_tau/20, then down by 4x "
     "until two successive steps agree (docs/math.md)"
 )
-INTERVAL_METHOD = "percentile bootstrap over directions, shifted by the jackknife bias correction"
+INTERVAL_METHOD = (
+    "union of the percentile bootstrap over directions shifted by the jackknife bias correction and the basic "
+    "bootstrap interval, widened by the finite-difference error of the step"
+)
 Progress = Callable[[int, int, int], None]
 
 
