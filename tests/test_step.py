@@ -1,0 +1,102 @@
+"""The per-sample finite-difference step: chosen in the local regime, checked, and honest when it cannot be."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import KnownModel, make_known
+
+import fimaudit
+from fimaudit.differences import LOCALITY, PILOT_DIRECTIONS, PILOT_STEPS
+
+
+@pytest.fixture(scope="session")
+def curved(models_dir: Path) -> KnownModel:
+    """A float32 tanh network with large weights: curved at the scale of the old default step."""
+    return make_known(models_dir, "curved", hidden=(32,), shape=(3, 16, 16), classes=5, dtype=np.float32, scale=20, n=6)
+
+
+def covered(report: fimaudit.AuditReport, exact: np.ndarray) -> list[bool]:
+    return [lo <= t <= hi for (lo, hi), t in zip((s.lambda_max_ci for s in report.samples), exact)]
+
+
+def test_step_is_local_and_recorded(curved: KnownModel) -> None:
+    report = fimaudit.audit(fimaudit.load_model(curved.path), curved.x, directions=512, seed=0)
+    lam, _, _ = curved.exact()
+    d = int(np.prod(curved.x.shape[1:]))
+    live = [i for i, s in enumerate(report.samples) if "below_resolution" not in s.flags]
+    converged = [i for i in live if "step_unconverged" not in report.samples[i].flags]
+    assert len(converged) >= 4
+    for i in live:
+        s = report.samples[i]
+        assert s.step is not None and s.step_norm == pytest.approx(s.step * np.sqrt(d))
+        assert s.step_norm <= s.epsilon_tau / LOCALITY  # the rule the report promises
+        assert "step_nonlocal" not in s.flags
+    for i in converged:
+        s = report.samples[i]
+        assert s.step_error is not None and s.step_error <= 0.01
+        assert s.step == s.step_trials[-1].step  # the smaller step of the agreeing pair is the one used
+        assert abs(s.lambda_max / lam[i] - 1) < 0.2
+    assert all(covered(report, lam)[i] for i in live if i not in converged)  # widened, never confidently wrong
+    assert sum(covered(report, lam)) >= 5
+
+
+def test_pilot_costs_under_five_percent_at_256(curved: KnownModel) -> None:
+    report = fimaudit.audit(fimaudit.load_model(curved.path), curved.x, directions=256, seed=0, estimator="sketch")
+    sketch = 2 + 2 * 256 + 2
+    for s in report.samples:
+        pilot = len(s.step_trials) * PILOT_DIRECTIONS * 2
+        assert len(s.step_trials) <= PILOT_STEPS
+        assert s.queries - pilot in (sketch, sketch - 2)  # the witness is skipped when there is nothing to witness
+        assert pilot <= 0.05 * sketch
+
+
+def test_given_step_is_honoured_and_checked(curved: KnownModel) -> None:
+    """A large fixed step is used as given, and the report says it is not local."""
+    big = 0.05 * float(np.std(curved.x))
+    report = fimaudit.audit(fimaudit.load_model(curved.path), curved.x, directions=64, seed=0, step=big)
+    assert report.config.step == big and report.config.step_rule.startswith("fixed")
+    for s in report.samples:
+        assert s.step == big
+        assert len(s.step_trials) == 2 and s.step_trials[0].step == big  # checked against big / 4
+        if "below_resolution" in s.flags:
+            continue
+        nonlocal_ = s.step_norm > s.epsilon_tau / LOCALITY
+        assert ("step_nonlocal" in s.flags) == nonlocal_
+    assert any("step_nonlocal" in s.flags for s in report.samples)
+
+
+def test_unconverged_step_widens_the_interval(models_dir: Path) -> None:
+    """Logits with deterministic pseudo-noise (like a network's float32 arithmetic, but larger):
+    successive steps never agree, so the sample is flagged and its interval widened by their
+    disagreement, never a confident figure."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((4, 32))
+    u = rng.standard_normal((4, 32))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        z = x @ w.T + 1e-4 * np.sin(1e9 * (x @ u.T))
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    model = fimaudit.CallableModel(predict, fimaudit.InputSpec(shape=(32,)), num_classes=4)
+    x = rng.uniform(0, 1, size=(3, 32))
+    report = fimaudit.audit(model, x, directions=64, seed=0, estimator="sketch")
+    for s in report.samples:
+        assert "step_unconverged" in s.flags
+        assert s.step_error is not None and s.step_error > 0.1
+        low, high = s.lambda_max_ci
+        assert low <= s.lambda_max * (1 - s.step_error) ** 2 * 1.0001 or low == 0.0
+        assert high >= s.lambda_max * (1 + s.step_error) ** 2 * 0.9999
+
+
+def test_exact_mode_interval_includes_the_finite_difference_error(mlp32: KnownModel) -> None:
+    """Coordinate mode has no sampling error; its interval is the finite-difference band, and
+    through float32 outputs that band is not zero and holds the exact value."""
+    report = fimaudit.audit(fimaudit.load_model(mlp32.path), mlp32.x, estimator="exact")
+    lam, _, _ = mlp32.exact()
+    for s, exact in zip(report.samples, lam):
+        low, high = s.lambda_max_ci
+        assert low < s.lambda_max < high
+        assert low <= exact <= high
