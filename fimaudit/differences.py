@@ -120,7 +120,7 @@ class StepChoice:
     # the Richardson estimate disagreement / (ratio^p - 1) when converged, else the smallest
     # disagreement seen (the regime is unknown, so nothing is divided away).
     error: float
-    trials: tuple[tuple[float, float], ...]  # (step, pilot lambda_max) for each step measured
+    trials: tuple[tuple[float, float, int], ...]  # (step, lambda_max over its directions, how many) per step measured
     queries: int
     searched: bool  # False when the user fixed the step (then it was only checked)
 
@@ -148,29 +148,29 @@ def choose_step(
     directions = pilot_directions(fd.flat.size, rng)
     probe = ResolutionProbe(fd.p, output_dtype)  # the pilot's own: the audit's probe sees only its step
     order = SCHEME_ORDER[fd.scheme]
-    trials: list[tuple[float, float]] = []
+    trials: list[tuple[float, float, int]] = []
     queries = 0
 
     def measure(h: float) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
         nonlocal queries
         y = yield from fd.at(h, probe).jvp(directions)
         queries += len(directions) * len(SCHEME_POINTS[fd.scheme])
-        trials.append((h, pilot_lambda(y)))
+        trials.append((h, pilot_lambda(y), len(directions)))
         return y
 
     h = start
     y = yield from measure(h)
     target = locality_step(trials[-1][1], tau, fd.flat.size)
-    if search and target < h / STEP_RATIO and _resolvable(y, target, probe, fd, floor):
+    if search and target < h / STEP_RATIO and resolvable(y, target, probe, fd, floor):
         h = target  # jump straight into the local regime the first reading implies
         y = yield from measure(h)
     fallback = h if search else start
     best: tuple[float, float] = (math.inf, fallback)  # (disagreement, smaller step) of the best pair
     while len(trials) < (PILOT_STEPS if search else 2):
         smaller = h / STEP_RATIO
-        if not _resolvable(y, smaller, probe, fd, floor):
+        if not resolvable(y, smaller, probe, fd, floor):
             larger = h * STEP_RATIO
-            highest = max(lam for _, lam in trials)
+            highest = max(lam for _, lam, _ in trials)
             if not search or math.isfinite(best[0]) or larger > locality_step(highest, tau, fd.flat.size, LOCALITY):
                 break
             # Nothing smaller resolves and no pair was measured yet: check against the step 4x larger,
@@ -194,7 +194,7 @@ def choose_step(
 
 
 def _judge(
-    smaller: float, gap: float, order: int, trials: tuple[tuple[float, float], ...], queries: int, search: bool,
+    smaller: float, gap: float, order: int, trials: tuple[tuple[float, float, int], ...], queries: int, search: bool,
     start: float,
 ) -> StepChoice | None:
     """The choice when a pair of steps (4h, h) agrees, else None."""
@@ -205,6 +205,43 @@ def _judge(
         return StepChoice(smaller, True, error, trials, queries, True)
     # A fixed step keeps the larger of the pair: its own error is the smaller's plus the gap.
     return StepChoice(start, True, error + gap, trials, queries, False)
+
+
+# Along the sketch's top direction (the witness), the step used must itself be accurate to
+# DIRECTION_ERROR, estimated from the pair (h, h/4): random pilot directions spread a step over all
+# coordinates, and a network sharply curved along a few is seen best along the direction that
+# decides λ_max. Else the sample is flagged and its interval widened.
+DIRECTION_ERROR = 2 * ERROR_TARGET
+
+
+@dataclass(frozen=True)
+class DirectionCheck:
+    lower: float  # Rayleigh quotient along the direction at the step used: a witnessed lower bound
+    error: float | None  # estimated relative JVP error there at the step used; None when unmeasurable
+    trials: tuple[tuple[float, float], ...]  # (h/4, Rayleigh quotient there), when measured
+    queries: int
+
+
+def check_direction(
+    fd: FiniteDifferences, direction: np.ndarray, *, floor: float, output_dtype: str
+) -> Generator[np.ndarray, np.ndarray, DirectionCheck | None]:
+    """Measure the JVP along `direction` at the step used (the witness) and at a quarter of it."""
+    norm = float(np.linalg.norm(direction))
+    if not np.isfinite(norm) or norm == 0.0:
+        return None
+    d = fd.flat.size
+    v = (direction * (np.sqrt(d) / norm))[None, :]  # same length as the sketch's directions
+    per = len(SCHEME_POINTS[fd.scheme])
+    y = yield from fd.jvp(v)
+    lower = float(y[0] @ y[0]) / d
+    smaller = fd.step / STEP_RATIO
+    probe = ResolutionProbe(fd.p, output_dtype)
+    if not resolvable(y, smaller, probe, fd, floor):
+        return DirectionCheck(lower, None, (), per)
+    y_small = yield from fd.at(smaller, probe).jvp(v)
+    ratio = STEP_RATIO ** SCHEME_ORDER[fd.scheme]
+    error = relative_gap(y, y_small) * ratio / (ratio - 1)  # the error of the step used itself
+    return DirectionCheck(lower, error, ((smaller, float(y_small[0] @ y_small[0]) / d),), 2 * per)
 
 
 def pilot_lambda(y: np.ndarray) -> float:
@@ -222,7 +259,7 @@ def relative_gap(y_large: np.ndarray, y_small: np.ndarray) -> float:
     return diff / ref
 
 
-def _resolvable(y: np.ndarray, step: float, probe: ResolutionProbe, fd: FiniteDifferences, floor: float) -> bool:
+def resolvable(y: np.ndarray, step: float, probe: ResolutionProbe, fd: FiniteDifferences, floor: float) -> bool:
     """Whether JVPs at `step` would still stand above output rounding and input precision."""
     if step < INPUT_MARGIN * floor:
         return False

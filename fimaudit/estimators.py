@@ -6,6 +6,7 @@ of many samples together and memory stays bounded by one block of directions per
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
@@ -19,10 +20,20 @@ from fimaudit.differences import (
     LOCALITY,
     RESOLUTION_FACTOR,
     SCHEME_POINTS,
+    DIRECTION_ERROR,
+    ERROR_TARGET,
+    MAX_DISAGREEMENT,
+    SCHEME_ORDER,
+    STEP_RATIO,
+    DirectionCheck,
     FiniteDifferences,
     Scheme,
     StepChoice,
+    check_direction,
     choose_step,
+    pilot_lambda,
+    relative_gap,
+    resolvable,
     widen,
 )
 
@@ -41,6 +52,8 @@ ORTHOGONAL_GROUP = 512
 WITNESS_MAX_ENTRIES = 20_000_000
 WITNESS_MIN_RATIO = 64
 JACKKNIFE_GROUPS = 20
+# Coordinate mode measures all d coordinates at up to this many successive steps (see coordinate_passes).
+COORDINATE_PASSES = 3
 @dataclass(frozen=True)
 class EstimatorConfig:
     """How each sample is estimated. `step` is absolute, in input units (RMS per coordinate): with
@@ -65,10 +78,11 @@ class EstimatorConfig:
         return len(SCHEME_POINTS[self.scheme])
 
     def resolve(self, d: int) -> Literal["sketch", "exact"]:
-        """'auto' takes the exact coordinate mode when it costs no more queries than the sketch."""
+        """'auto' takes the exact coordinate mode when two of its passes (a step and its check at a
+        quarter of it) cost no more queries than the sketch."""
         if self.estimator != "auto":
             return self.estimator
-        return "exact" if d <= self.directions else "sketch"
+        return "exact" if 2 * d <= self.directions else "sketch"
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class SampleEstimate:
     resolution: float
     flags: tuple[str, ...]
     step: StepChoice
+    check: DirectionCheck | None  # the step checked along the top direction (with the witness)
     step_norm: float  # the perturbation's L2 norm, step * sqrt(d) (the directions' RMS length)
 
 
@@ -108,31 +123,34 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     queries = 2
     method = cfg.resolve(d)
     k = d if method == "exact" else cfg.directions
-    kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
     fd = FiniteDifferences(flat, shape, p0, cfg.step, cfg.scheme, probe, cfg.input_dtype)
     choice = yield from choose_step(
         fd, cfg.step, tau=cfg.tau, floor=cfg.step_floor, search=cfg.adaptive_step,
         rng=np.random.default_rng([cfg.seed, index, 2]), output_dtype=cfg.output_dtype,
     )
     queries += choice.queries
-    fd = fd.at(choice.step)
     # The witness aligns with the worst direction only to about k/d: below k = d/64 it says nothing.
     want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES and k * WITNESS_MIN_RATIO >= d
-    cross = np.zeros((p0.size, d)) if want_witness else None  # K x d: row-major products are fast
-    rows: list[np.ndarray] = []
-    for block in blocks:
-        y = yield from fd.jvp(block)
-        queries += len(block) * cfg.queries_per_direction()
-        rows.append(y)
-        if cross is not None:
-            cross += y.T @ block  # accumulates Y^T Omega so the witness needs no regeneration
-    y_all = np.concatenate(rows, axis=0)
+    kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
+    if method == "exact":
+        # Coordinate directions put the whole step on one input at a time, where random pilot
+        # directions spread it: a network sharply curved along a few inputs is only seen here.
+        # So this mode checks its own step, pass against pass (d <= k/2 keeps it within budget).
+        y_all, choice, passes = yield from coordinate_passes(fd, choice, d, cfg)
+        queries += passes * d * cfg.queries_per_direction()
+        cross = y_all.T * np.sqrt(d) if want_witness else None  # Y^T Omega, Omega = sqrt(d) I
+    else:
+        y_all, cross = yield from _measure(fd.at(choice.step), blocks, d if want_witness else 0)
+        queries += k * cfg.queries_per_direction()
     stats = sketch_statistics(y_all, exact=method == "exact", cfg=cfg, index=index)
-    lower = None
+    check = None
     if cross is not None:
-        direction = stats.top_vector @ cross
-        lower = yield from fd.rayleigh(direction)
-        queries += cfg.queries_per_direction() if lower is not None else 0
+        check = yield from check_direction(
+            fd.at(choice.step), stats.top_vector @ cross, floor=cfg.step_floor, output_dtype=cfg.output_dtype
+        )
+        queries += check.queries if check is not None else 0
+        choice = _after_check(choice, check)
+    lower = check.lower if check is not None else None
     level, flags = probe.resolution(choice.step, RESOLUTION_FACTOR[cfg.scheme])
     step_norm = choice.step * float(np.sqrt(d))
     if stats.lambda_max <= level:
@@ -161,8 +179,66 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         resolution=level,
         flags=tuple(flags),
         step=choice,
+        check=check,
         step_norm=step_norm,
     )
+
+
+def _measure(
+    fd: FiniteDifferences, blocks: Iterator[np.ndarray], witness_d: int
+) -> Generator[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray | None]]:
+    """All k JVPs (rows), and Y^T Omega (K x d) for the witness when witness_d > 0."""
+    cross = np.zeros((fd.p.size, witness_d)) if witness_d else None  # K x d: row-major products are fast
+    rows: list[np.ndarray] = []
+    for block in blocks:
+        y = yield from fd.jvp(block)
+        rows.append(y)
+        if cross is not None:
+            cross += y.T @ block  # accumulates Y^T Omega so the witness needs no regeneration
+    return np.concatenate(rows, axis=0), cross
+
+
+def _after_check(choice: StepChoice, check: DirectionCheck | None) -> StepChoice:
+    """The step choice in the light of the check along the sketch's top direction: a step that
+    the pilot's random directions accepted but that is inaccurate along it is flagged, and the
+    interval widened by that error."""
+    if check is None or check.error is None or check.error <= DIRECTION_ERROR:
+        return choice
+    return replace(choice, converged=False, error=max(choice.error, check.error))
+
+
+def coordinate_passes(
+    fd: FiniteDifferences, choice: StepChoice, d: int, cfg: EstimatorConfig
+) -> Generator[np.ndarray, np.ndarray, tuple[np.ndarray, StepChoice, int]]:
+    """A from the d coordinate directions at the pilot's step h, then at h/4 (and h/16 if need be):
+    the first pass that agrees with the one before is used (its error is about the gap / 15 for
+    central differences). Returns (A's rows, the step choice, the number of passes)."""
+    per_block = directions_per_block(d, cfg)
+    h = choice.step
+    prev, _ = yield from _measure(fd.at(h), _coordinate_blocks(d, per_block), 0)
+    passes, best = 1, (math.inf, h, prev)
+    tried: tuple[tuple[float, float, int], ...] = ((h, pilot_lambda(prev), d),)
+    while passes < (COORDINATE_PASSES if choice.searched else 2):
+        smaller = h / STEP_RATIO
+        if not resolvable(prev, smaller, fd.probe, fd, cfg.step_floor):
+            break
+        cur, _ = yield from _measure(fd.at(smaller), _coordinate_blocks(d, per_block), 0)
+        passes += 1
+        tried += ((smaller, pilot_lambda(cur), d),)
+        gap = relative_gap(prev, cur)
+        error = gap / (STEP_RATIO ** SCHEME_ORDER[cfg.scheme] - 1)
+        agreed = gap <= MAX_DISAGREEMENT and error <= ERROR_TARGET
+        if not choice.searched:  # a given step is kept, and only checked
+            return best[2], replace(choice, error=error + gap, converged=agreed, trials=choice.trials + tried), passes
+        if agreed:
+            return cur, replace(choice, step=smaller, error=error, converged=True, trials=choice.trials + tried), passes
+        if gap < best[0]:
+            best = (gap, smaller, cur)
+        h, prev = smaller, cur
+    if passes == 1:  # no smaller step resolves: the pilot's verdict stands
+        return prev, replace(choice, trials=choice.trials + tried), passes
+    gap, step, rows = best
+    return rows, replace(choice, step=step, error=gap, converged=False, trials=choice.trials + tried), passes
 
 
 def step_flags(choice: StepChoice, step_norm: float, lam: float, tau: float) -> list[str]:

@@ -65,7 +65,8 @@ class AuditConfig(_Model):
 
 class StepTrial(_Model):
     step: float
-    lambda_pilot: float = Field(description="lambda_max over the pilot's few directions at this step (rough).")
+    lambda_pilot: float = Field(description="lambda_max over the directions measured at this step (rough for a pilot of 3).")
+    directions: int = Field(default=1, description="Directions measured at this step: the pilot's, or all d coordinates.")
 
 
 class SampleResult(_Model):
@@ -100,7 +101,16 @@ class SampleResult(_Model):
         description="Estimated relative error of the JVPs at this step, from the pilot (Richardson estimate when "
         "converged; the smallest disagreement between successive steps when not). lambda_max_ci includes it.",
     )
-    step_trials: list[StepTrial] = Field(default_factory=list, description="The pilot's steps, in the order measured.")
+    step_trials: list[StepTrial] = Field(
+        default_factory=list,
+        description="Each step measured while choosing it, in order: the pilot's, then (coordinate mode) each full pass.",
+    )
+    step_check: list[StepTrial] = Field(
+        default_factory=list,
+        description="Where the sketch's witness is computed: the Rayleigh quotient (lambda_pilot) along its top "
+        "direction at a quarter of the step, checking the step along the direction that decides lambda_max.",
+    )
+
     lambda_max_white_box: float | None = Field(
         default=None, description="lambda_max from the model's own derivatives (white-box mode), to check the estimate."
     )

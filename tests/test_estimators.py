@@ -7,16 +7,18 @@ from conftest import KnownModel
 
 import fimaudit
 import reference
-from fimaudit.differences import PILOT_DIRECTIONS
 
 
 def rel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(np.asarray(a) - np.asarray(b)) / np.abs(np.asarray(b))
 
 
-def pilot_queries(s: fimaudit.SampleResult, per_direction: int = 2) -> int:
-    """What the step search spent: its directions at each step it measured."""
-    return len(s.step_trials) * PILOT_DIRECTIONS * per_direction
+def step_queries(s: fimaudit.SampleResult, per_direction: int = 2) -> int:
+    """What choosing the step spent (the pilot, and coordinate mode's passes), and the witness
+    with its check: every query that is not the base pair or the sketch's k directions."""
+    chosen = sum(t.directions for t in s.step_trials) * per_direction
+    witness = per_direction * (1 + len(s.step_check)) if s.lambda_lower is not None else 0
+    return chosen + witness
 
 
 def lambdas(report: fimaudit.AuditReport) -> np.ndarray:
@@ -25,7 +27,7 @@ def lambdas(report: fimaudit.AuditReport) -> np.ndarray:
 
 def test_softmax_linear_closed_form_exact_mode(linear64: KnownModel) -> None:
     model = fimaudit.load_model(linear64.path)
-    report = fimaudit.audit(model, linear64.x, directions=64, seed=0)
+    report = fimaudit.audit(model, linear64.x, directions=128, seed=0)
     W = linear64.weights[0].T  # (K, d)
     for s, x in zip(report.samples, linear64.x):
         p = reference.softmax(W @ x.reshape(-1) + linear64.biases[0])
@@ -45,7 +47,8 @@ def test_exact_mode_matches_analytic_jacobian(mlp64: KnownModel) -> None:
     assert np.all(rel(lambdas(report), lam) < 1e-4)
     assert np.all(rel([s.trace for s in report.samples], tr) < 1e-4)
     assert [s.predicted_class for s in report.samples] == list(np.argmax(p, axis=1))
-    assert all(s.queries == 2 + pilot_queries(s) + 2 * 192 + 2 for s in report.samples)
+    assert all(s.queries == 2 + step_queries(s) for s in report.samples)
+    assert all(sum(t.directions == 192 for t in s.step_trials) >= 2 for s in report.samples)  # two passes at least
 
 
 def test_sketch_error_and_interval_coverage(mlp64: KnownModel) -> None:
@@ -90,7 +93,7 @@ def test_schemes_in_exact_mode(mlp64: KnownModel, scheme: str) -> None:
     tolerance = {"central": 1e-6, "forward": 1e-3, "richardson": 1e-8}[scheme]
     assert np.all(rel(lambdas(report), lam) < tolerance)
     per_direction = {"central": 2, "forward": 1, "richardson": 4}[scheme]
-    assert report.samples[0].queries == 2 + pilot_queries(report.samples[0], per_direction) + per_direction * (192 + 1)
+    assert report.samples[0].queries == 2 + step_queries(report.samples[0], per_direction)
 
 
 def test_float32_model_exact_mode(mlp32: KnownModel) -> None:
@@ -133,7 +136,7 @@ def test_logit_outputs_detected_and_softmaxed(mlp64_logits: KnownModel) -> None:
 
 def test_query_accounting(mlp64: KnownModel) -> None:
     report = fimaudit.audit(fimaudit.load_model(mlp64.path, max_batch_size=7), mlp64.x, directions=20)
-    assert all(s.queries == 2 + pilot_queries(s) + 2 * 20 + 2 for s in report.samples)
+    assert all(s.queries == 2 + step_queries(s) + 2 * 20 for s in report.samples)
     assert report.summary.queries == sum(s.queries for s in report.samples)
     assert report.summary.n == len(mlp64.x)
 

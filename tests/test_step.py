@@ -46,9 +46,10 @@ def test_pilot_costs_under_five_percent_at_256(curved: KnownModel) -> None:
     report = fimaudit.audit(fimaudit.load_model(curved.path), curved.x, directions=256, seed=0, estimator="sketch")
     sketch = 2 + 2 * 256 + 2
     for s in report.samples:
-        pilot = len(s.step_trials) * PILOT_DIRECTIONS * 2
-        assert len(s.step_trials) <= PILOT_STEPS
-        assert s.queries - pilot in (sketch, sketch - 2)  # the witness is skipped when there is nothing to witness
+        pilot = sum(t.directions for t in s.step_trials) * 2
+        assert len(s.step_trials) <= PILOT_STEPS and all(t.directions == PILOT_DIRECTIONS for t in s.step_trials)
+        check = 2 * len(s.step_check)  # the step checked along the top direction, beside the witness
+        assert s.queries - pilot - check in (sketch, sketch - 2)  # no witness when there is nothing to witness
         assert pilot <= 0.05 * sketch
 
 
@@ -100,3 +101,40 @@ def test_exact_mode_interval_includes_the_finite_difference_error(mlp32: KnownMo
         low, high = s.lambda_max_ci
         assert low < s.lambda_max < high
         assert low <= exact <= high
+
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+def test_real_trained_network_where_the_fixed_step_fails() -> None:
+    """A trained digits classifier (tests/data/make_step_model.py) that standardizes its pixels:
+    near-constant border pixels make it far from linear at the old step of 1e-2 x the data's std.
+    There the fixed step is off by more than 20%; the rule lands within its interval of the
+    autograd value on every input."""
+    import sys
+
+    import torch
+    from fimaudit_torch import TorchModel
+
+    sys.path.insert(0, str(DATA))
+    from step_model_arch import build
+
+    net = build()
+    net.load_state_dict(torch.load(DATA / "step_model.pt", weights_only=True))
+    net.eval()
+    x = np.load(DATA / "step_inputs.npy")
+    model = TorchModel(net, input_shape=(64,), outputs="logits")
+    old = fimaudit.audit(model, x, directions=256, seed=0, step=1e-2 * float(np.std(x)), white_box=True)
+    new = fimaudit.audit(model, x, directions=256, seed=0, white_box=True)
+    exact = np.array([s.lambda_max_white_box for s in new.samples])
+    assert exact == pytest.approx([s.lambda_max_white_box for s in old.samples])
+    old_error = np.abs(np.array([s.lambda_max for s in old.samples]) / exact - 1)
+    assert (old_error > 0.2).sum() >= 4
+    # Given explicitly, the old step is used as given; the check now flags every input it gets wrong
+    # and widens its interval to cover the truth (before this rule, 7 of 8 intervals excluded it).
+    assert all("step_unconverged" in s.flags for s, e in zip(old.samples, old_error) if e > 0.2)
+    assert all(covered(old, exact))
+    assert all(covered(new, exact))
+    new_error = np.abs(np.array([s.lambda_max for s in new.samples]) / exact - 1)
+    assert new_error.max() < 0.05
+    assert not any(f.startswith("step_") for s in new.samples for f in s.flags)
