@@ -99,16 +99,6 @@ class FiniteDifferences:
             deriv = (4 * (logs[2] - logs[3]) / h - (logs[0] - logs[1]) / (2 * h)) / 3
         return deriv * np.sqrt(self.p)
 
-    def rayleigh(self, direction: np.ndarray) -> Generator[np.ndarray, np.ndarray, float | None]:
-        """||A v||^2 / ||v||^2 measured along one direction: a witnessed lower bound on lambda_max."""
-        norm = float(np.linalg.norm(direction))
-        if not np.isfinite(norm) or norm == 0.0:
-            return None
-        d = self.flat.size
-        scaled = direction * (np.sqrt(d) / norm)  # same length as the sketch's directions
-        y = yield from self.jvp(scaled[None, :])
-        return float(y[0] @ y[0]) / d
-
 
 @dataclass(frozen=True)
 class StepChoice:

@@ -17,13 +17,13 @@ import scipy.sparse.linalg
 
 from fimaudit.diagnostics import ResolutionProbe
 from fimaudit.differences import (
-    LOCALITY,
-    RESOLUTION_FACTOR,
-    SCHEME_POINTS,
     DIRECTION_ERROR,
     ERROR_TARGET,
+    LOCALITY,
     MAX_DISAGREEMENT,
+    RESOLUTION_FACTOR,
     SCHEME_ORDER,
+    SCHEME_POINTS,
     STEP_RATIO,
     DirectionCheck,
     FiniteDifferences,
@@ -54,6 +54,8 @@ WITNESS_MIN_RATIO = 64
 JACKKNIFE_GROUPS = 20
 # Coordinate mode measures all d coordinates at up to this many successive steps (see coordinate_passes).
 COORDINATE_PASSES = 3
+
+
 @dataclass(frozen=True)
 class EstimatorConfig:
     """How each sample is estimated. `step` is absolute, in input units (RMS per coordinate): with
