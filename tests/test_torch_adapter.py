@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import subprocess
 import sys
 import zipfile
@@ -116,11 +117,11 @@ def test_every_format_computes_the_same_function(files: dict[str, Path]) -> None
 def test_audit_agrees_with_white_box(kind: str, files: dict[str, Path]) -> None:
     model = load(kind, files)
     x = inputs(3, seed=1)
-    report = fimaudit.audit(model, x, directions=256, seed=0)  # d = 192 <= 256: exact coordinate mode
+    report = fimaudit.audit(model, x, directions=384, seed=0)  # 2d = 384 <= 384: exact coordinate mode
     exact = model.exact_fisher(x)
     for sample, white in zip(report.samples, exact):
         assert sample.method == "exact" and white.method == "jacobian"
-        # Float32 outputs and a step of 1e-2 of the data's spread leave ~1e-3 of finite-difference error.
+        # Float32 outputs and a converged step leave ~1e-3 of finite-difference error.
         assert sample.lambda_max == pytest.approx(white.lambda_max, rel=1e-2)
         assert sample.trace == pytest.approx(white.trace, rel=1e-2)
 
@@ -168,6 +169,95 @@ def test_pt2_with_pickled_sample_inputs_is_refused(tmp_path: Path, files: dict[s
     with pytest.raises(fimaudit.ModelError, match="refuses to unpickle"):
         fimaudit.load_model(evil)
     assert not marker.exists()
+
+
+def _rewrite_pt2(source: Path, target: Path, edit: Callable[[str, bytes], dict[str, bytes]]) -> Path:
+    """Copy a .pt2 archive member by member; edit(name, data) returns the members to write instead."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as dst:
+        for name in src.namelist():
+            for out_name, out_data in edit(name, src.read(name)).items():
+                dst.writestr(out_name, out_data)
+    return target
+
+
+def _add_constant(entry: dict[str, object], member: str, payload: bytes) -> Callable[[str, bytes], dict[str, bytes]]:
+    """An edit adding a constant entry to the constants config and its payload member beside it."""
+    def edit(name: str, data: bytes) -> dict[str, bytes]:
+        if not name.endswith("constants_config.json"):
+            return {name: data}
+        config = json.loads(data)
+        config["config"]["injected"] = entry
+        return {name: json.dumps(config).encode(), f"{name.rsplit('/', 1)[0]}/{member}": payload}
+    return edit
+
+
+def _weight_meta(archive: Path) -> object:
+    """The tensor_meta of a real weight, so an injected entry passes torch's own checks."""
+    with zipfile.ZipFile(archive) as src:
+        name = next(n for n in src.namelist() if n.endswith("weights_config.json"))
+        return next(iter(json.loads(src.read(name))["config"].values()))["tensor_meta"]
+
+
+def _hostile_pt2(variant: str, files: dict[str, Path], root: Path, marker: Path) -> Path:
+    """A torch.export archive carrying a pickled payload that creates `marker` if unpickled."""
+    payload = pickle.dumps(Payload(marker), protocol=4)
+    source, target = files["export"], root / f"{variant}.pt2"
+    if variant == "opaque_constant":  # what torch.export.save writes for an opaque object
+        entry = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": True, "tensor_meta": None}
+        return _rewrite_pt2(source, target, _add_constant(entry, "opaque_obj_0", payload))
+    if variant == "opaque_prefix_without_flag":  # torch dispatches to pickle.loads on the prefix alone
+        entry = {"path_name": "opaque_obj_0", "is_param": False, "use_pickle": False, "tensor_meta": _weight_meta(source)}
+        return _rewrite_pt2(source, target, _add_constant(entry, "opaque_obj_0", payload))
+    if variant == "nested_flag_elsewhere":
+        doc = json.dumps({"models": [{"deep": {"use_pickle": 1}}]}).encode()
+        return _rewrite_pt2(source, target, _add_member("extra/notes.json", doc))
+    assert variant == "bare_pickle_member"
+    return _rewrite_pt2(source, target, _add_member("extra/blob.bin", payload))
+
+
+def _add_member(member: str, data: bytes) -> Callable[[str, bytes], dict[str, bytes]]:
+    """An edit adding `member` under the archive's root folder (the one holding archive_format)."""
+    def edit(name: str, content: bytes) -> dict[str, bytes]:
+        if not name.endswith("archive_format"):
+            return {name: content}
+        return {name: content, name[: -len("archive_format")] + member: data}
+    return edit
+
+
+HOSTILE_PT2 = ["opaque_constant", "opaque_prefix_without_flag", "nested_flag_elsewhere", "bare_pickle_member"]
+
+
+@pytest.mark.parametrize("suffix", [".pt2", ".pt", ".pth"])
+@pytest.mark.parametrize("variant", HOSTILE_PT2)
+def test_pt2_with_pickled_constants_is_refused(variant: str, suffix: str, tmp_path: Path, files: dict[str, Path]) -> None:
+    """The adapter picks the format from member names, so a renamed archive must be refused too."""
+    marker = tmp_path / "code-ran"
+    evil = _hostile_pt2(variant, files, tmp_path, marker)
+    evil = evil.rename(evil.with_suffix(suffix))
+    with pytest.raises(fimaudit.ModelError, match="refuses to unpickle") as info:
+        fimaudit.load_model(evil)
+    assert "archive member" in info.value.message and info.value.fix
+    assert not marker.exists()
+
+
+def test_cli_refuses_pickled_constants_with_exit_4(tmp_path: Path, files: dict[str, Path]) -> None:
+    marker, data = tmp_path / "code-ran", tmp_path / "x.npy"
+    np.save(data, inputs(1))
+    evil = _hostile_pt2("opaque_constant", files, tmp_path, marker)
+    renamed = tmp_path / "evil.pth"
+    renamed.write_bytes(evil.read_bytes())
+    for path in (evil, renamed):
+        res = cli("audit", str(path), "--data", str(data), "-q", "--out", str(tmp_path / "r.json"))
+        assert res.returncode == 4, res.stderr
+        assert "constants_config.json" in res.stderr and "use_pickle" in res.stderr
+        assert not marker.exists()
+
+
+def test_clean_pt2_archives_pass_inspection(files: dict[str, Path]) -> None:
+    from fimaudit_torch.archive import inspect_export_archive
+
+    for kind in ("export", "static"):
+        inspect_export_archive(files[kind])  # raises on a false positive
 
 
 def test_state_dict_needs_a_matching_factory(files: dict[str, Path]) -> None:
