@@ -3,7 +3,8 @@
 The signed predicate is an AuditPredicate, `{"report": <AuditReport>,
 "policy": <PolicyResult or null>}`, so a policy verdict is covered by the
 same signatures as the figures it judges. The statement's subject is the
-audited model: one entry for a model file, one per file for a model directory.
+audited model: one entry for a model file, one per file for a model directory or for a model
+file that references others (ONNX external data).
 Envelope format and verification order: fimaudit.dsse and docs/signing.md.
 """
 from __future__ import annotations
@@ -30,9 +31,10 @@ from fimaudit.dsse import (
     verify_envelope,
 )
 from fimaudit.errors import DataError, UsageError
-from fimaudit.fileio import file_sha256
+from fimaudit.fileio import file_sha256, manifest_sha256
 from fimaudit.keys import load_private_key, load_public_key, passphrase_from_env
 from fimaudit.policy import Policy, PolicyResult, inconsistencies
+from fimaudit.registry import model_files
 from fimaudit.report import AuditReport, ModelInfo
 
 PathLike = Union[str, os.PathLike]
@@ -186,20 +188,24 @@ def report_subjects(report: AuditReport, model_path: PathLike | None = None) -> 
             )
         return [Subject(name=report.model.reference, sha256=endpoint_digest(report.model))]
     reference = Path(report.model.reference)
-    if model_path is None and reference.is_dir():
+    # Per-file digests of a directory or of external data files are not in the report: take them now.
+    if model_path is None and (reference.is_dir() or report.model.extra.get("external_data")):
         model_path = reference
     if model_path is None:
         return [Subject(name=PurePath(report.model.reference).name, sha256=audited)]
     path = Path(model_path)
     if path.is_dir():
         return directory_subjects(path)
-    actual = file_sha256(path)
+    subjects = file_model_subjects(path)
+    # One file: its own sha256 (what reports have always held); several: their manifest's.
+    actual = subjects[0].sha256 if len(subjects) == 1 else manifest_sha256([(s.name, s.sha256) for s in subjects])
     if actual != audited:
         raise SignatureError(
-            f"subject mismatch: {path} has sha256 {actual}, but the report audited {audited}",
-            "the model file changed after the audit; audit it again",
+            f"subject mismatch: {path} (with {len(subjects) - 1} external data file(s)) has sha256 {actual}, "
+            f"but the report audited {audited}",
+            "the model file or its external data changed after the audit; audit it again",
         )
-    return [Subject(name=path.name, sha256=actual)]
+    return subjects
 
 
 def model_subjects(path: PathLike) -> list[Subject]:
@@ -207,7 +213,18 @@ def model_subjects(path: PathLike) -> list[Subject]:
     path = Path(path)
     if path.is_dir():
         return directory_subjects(path)
-    return [Subject(name=path.name, sha256=file_sha256(path))]
+    return file_model_subjects(path)
+
+
+def file_model_subjects(path: Path) -> list[Subject]:
+    """The model file and every file it references (ONNX external data), named relative to its folder.
+
+    For a self-contained file this is one subject named by the file name, as it always was.
+    """
+    if not path.is_file():
+        raise DataError(f"model file not found: {path}", "check the --model path")
+    files = model_files(path)
+    return files_subjects(path.parent, files) if len(files) > 1 else [Subject(name=path.name, sha256=file_sha256(path))]
 
 
 def _check_endpoint_subject(subjects: list[Subject], model: ModelInfo) -> None:
@@ -224,10 +241,16 @@ def _check_endpoint_subject(subjects: list[Subject], model: ModelInfo) -> None:
 
 def directory_subjects(root: Path) -> list[Subject]:
     """One subject per regular file under `root`, named by its relative POSIX path, sorted."""
-    files = sorted(_walk(root), key=lambda p: p.relative_to(root).as_posix())
+    files = _walk(root)
     if not files:
         raise UsageError(f"model directory {root} holds no files", "point at the model's file or a non-empty directory")
-    return [Subject(name=p.relative_to(root).as_posix(), sha256=file_sha256(p)) for p in files]
+    return files_subjects(root, files)
+
+
+def files_subjects(root: Path, files: list[Path]) -> list[Subject]:
+    """One subject per file, named by its POSIX path relative to `root`, sorted by name."""
+    named = sorted((p.relative_to(root).as_posix(), p) for p in files)
+    return [Subject(name=name, sha256=file_sha256(p)) for name, p in named]
 
 
 def _walk(root: Path) -> list[Path]:
@@ -242,10 +265,14 @@ def check_subjects(subjects: list[Subject], path: Path) -> bool:
     """True when the files at `path` are exactly the attested subjects; else SignatureError."""
     if not path.exists():
         raise DataError(f"model path not found: {path}", "check the --model path")
-    if path.is_file() and len(subjects) == 1:
+    current = model_subjects(path)
+    # A lone file is compared by digest only (renaming it does not change the model); a model
+    # that now references external data no longer matches a one-file subject, since its weights
+    # were never attested.
+    if path.is_file() and len(subjects) == 1 and len(current) == 1:
         _compare_file(subjects[0], path)
         return True
-    actual = {s.name: s.sha256 for s in model_subjects(path)}
+    actual = {s.name: s.sha256 for s in current}
     expected = {s.name: s.sha256 for s in subjects}
     if actual != expected:
         raise SignatureError(f"subject mismatch: {_describe_difference(expected, actual, path)}",

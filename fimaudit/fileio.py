@@ -51,3 +51,13 @@ def file_sha256(path: Path) -> str:
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}", "check that the model path is readable") from exc
     return digest.hexdigest()
+
+
+def manifest_sha256(entries: list[tuple[str, str]]) -> str:
+    """sha256 of `<sha256>  <name>` lines sorted by name: one identity for a model made of several files.
+
+    It is sha256sum's output format (the TensorFlow adapter's directory manifest uses the same), so
+    the digest can be recomputed with standard tools.
+    """
+    lines = [f"{digest}  {name}\n" for name, digest in sorted(entries)]
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()

@@ -51,6 +51,9 @@ class SimpleAdapter:
     suffixes: tuple[str, ...] = ()
     schemes: tuple[str, ...] = ()
     extra_check: Callable[[str], bool] | None = field(default=None)
+    # For formats that keep data beside the model file (ONNX external data): every file the model
+    # at a path consists of, itself first. Signing and `verify --model` hash all of them.
+    model_files: Callable[[Path], list[Path]] | None = field(default=None)
 
     def handles(self, reference: str) -> bool:
         scheme = urlsplit(reference).scheme.lower()
@@ -86,6 +89,19 @@ def load_model(reference: str | Path, **options: Any) -> ProbabilityModel:
     """
     ref = str(reference)
     return adapter_for(ref).load(ref, **options)
+
+
+def model_files(path: Path) -> list[Path]:
+    """The files the model file at `path` consists of, per the adapter that handles it.
+
+    Just `[path]` when no installed adapter handles it or the format keeps everything in one file.
+    """
+    try:
+        adapter = adapter_for(str(path))
+    except AdapterNotFoundError:
+        return [path]
+    lister = getattr(adapter, "model_files", None)
+    return [path] if lister is None else list(lister(path))
 
 
 def adapter_for(ref: str) -> Adapter:

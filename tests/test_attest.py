@@ -326,3 +326,84 @@ def test_public_api_is_exported() -> None:
     for name in ("AuditPredicate", "VerificationResult", "PolicyResult", "PolicyCheck", "PolicyError",
                  "SignatureError", "KeyFileError", "load_policy"):
         assert name in fimaudit.__all__ and hasattr(fimaudit, name)
+
+
+# --------------------------------------------------------------------------- #
+# ONNX external data: part of the model's identity and of the subjects
+# --------------------------------------------------------------------------- #
+
+
+def _external_data_model(folder: Path, location: str = "weights.bin") -> Path:
+    """The example model re-saved with every tensor in one external data file beside it."""
+    import onnx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    onnx.save_model(onnx.load(str(EXAMPLE)), str(path), save_as_external_data=True,
+                    all_tensors_to_one_file=True, location=location, size_threshold=0)
+    return path
+
+
+def _relocate_external_data(source: Path, target: Path, location: str) -> Path:
+    """A copy of `source` whose external tensors all point at `location` (data left where it is)."""
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    target.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save_model(model, str(target))
+    return target
+
+
+def test_onnx_external_data_is_part_of_identity_and_subjects(tmp_path: Path) -> None:
+    path = _external_data_model(tmp_path / "m")
+    model = fimaudit.load_model(path)
+    ident = model.identity
+    assert ident.extra["external_data"] == "weights.bin"
+    assert ident.sha256 != hashlib.sha256(path.read_bytes()).hexdigest()
+    audited = fimaudit.audit(model, np.load(EXAMPLE_DATA)[:2], directions=16)
+    envelope = attest(audited, _key("auditor"))  # the report's path: per-file digests taken now
+    names = [s["name"] for s in _payload(envelope)["subject"]]
+    assert names == ["model.onnx", "weights.bin"]
+    assert verify(envelope, [_key("auditor").public_key()], path).subject_ok is True
+    weights = tmp_path / "m" / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+    with pytest.raises(SignatureError, match="subject mismatch: .*changed: weights.bin"):
+        verify(envelope, [_key("auditor").public_key()], path)
+    assert fimaudit.load_model(path).identity.sha256 != ident.sha256
+
+
+def test_onnx_external_data_swapped_after_audit_is_not_signed(tmp_path: Path) -> None:
+    path = _external_data_model(tmp_path / "m")
+    audited = fimaudit.audit(fimaudit.load_model(path), np.load(EXAMPLE_DATA)[:2], directions=16)
+    weights = tmp_path / "m" / "weights.bin"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\x00\x00\x80\x3f")
+    with pytest.raises(SignatureError, match="subject mismatch: .*external data"):
+        attest(audited, _key("auditor"), model_path=path)
+
+
+def test_one_file_subject_does_not_cover_external_data(report: AuditReport, tmp_path: Path) -> None:
+    """An old-style envelope naming only the .onnx file must not vouch for weights beside it."""
+    path = _external_data_model(tmp_path / "m")
+    subject = [{"name": "model.onnx", "digest": {"sha256": hashlib.sha256(path.read_bytes()).hexdigest()}}]
+    predicate = AuditPredicate(report=report, policy=None).model_dump(mode="json")
+    envelope = sign_envelope(make_statement(subject, predicate), _key("auditor"))
+    with pytest.raises(SignatureError, match="not attested: weights.bin"):
+        verify(envelope, [_key("auditor").public_key()], path)
+
+
+@pytest.mark.parametrize("location", ["../x.bin", "/tmp/x.bin", "sub/../../x.bin"])
+def test_onnx_external_data_outside_the_model_folder_is_refused(tmp_path: Path, location: str) -> None:
+    source = _external_data_model(tmp_path, location="x.bin")
+    escaping = _relocate_external_data(source, tmp_path / "inner" / "model.onnx", location)
+    with pytest.raises(fimaudit.ModelError, match="outside the model's folder"):
+        fimaudit.load_model(escaping)
+    with pytest.raises(fimaudit.ModelError, match="outside the model's folder"):
+        verify(attest(_report_of(source), _key("auditor")), [_key("auditor").public_key()], escaping)
+
+
+def _report_of(path: Path) -> AuditReport:
+    return fimaudit.audit(fimaudit.load_model(path), np.load(EXAMPLE_DATA)[:1], directions=16)

@@ -449,3 +449,23 @@ def test_demo_sequence_passes_on_the_full_example(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     res = run("verify", out, "--key", pair.pub, "--model", EXAMPLE)
     assert res.returncode == 0 and "PASSED (4 of 4 checks" in res.stdout, res.stdout + res.stderr
+
+
+def test_verify_model_rehashes_onnx_external_data(tmp_path: Path, auditor: Pair) -> None:
+    """Swapping the external weights after signing changes every prediction: verify must say so."""
+    import onnx
+
+    model = tmp_path / "model.onnx"
+    onnx.save_model(onnx.load(str(EXAMPLE)), str(model), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    out = tmp_path / "report.dsse.json"
+    res = invoke("audit", model, "--data", EXAMPLE_DATA, *TINY, "--sign", auditor.key, "--out", out)
+    assert res.returncode == 0, res.stderr
+    assert [s["name"] for s in _statement(out)["subject"]] == ["model.onnx", "weights.bin"]
+    assert invoke("verify", out, "--key", auditor.pub, "--model", model).returncode == 0
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(bytes(b ^ 0x01 for b in weights.read_bytes()))
+    _fails_with_5(invoke("verify", out, "--key", auditor.pub, "--model", model), "changed: weights.bin")
+
+
+def _statement(path: Path) -> dict[str, Any]:
+    return json.loads(base64.b64decode(_load(path)["payload"]))

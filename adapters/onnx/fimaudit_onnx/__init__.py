@@ -1,19 +1,20 @@
 """ONNX Runtime adapter for fimaudit: `fimaudit.load_model("model.onnx")`."""
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from fimaudit.errors import ModelError, UsageError
-from fimaudit.fileio import file_sha256
+from fimaudit.fileio import file_sha256, manifest_sha256
 from fimaudit.model import (
     InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_inputs, run_in_fixed_batches,
 )
 from fimaudit.registry import SimpleAdapter
 
-__all__ = ["OnnxModel", "adapter", "load"]
+__all__ = ["OnnxModel", "adapter", "external_data_files", "load", "model_files"]
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
 # Keep one batch of float32 inputs near this size when the batch axis is dynamic.
@@ -37,6 +38,8 @@ class OnnxModel(ProbabilityModel):
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"the ONNX file {self.path} does not exist.", "pass the path of an existing .onnx file")
+        # Checked before onnxruntime opens anything, so an escaping location is never read.
+        self._files = model_files(self.path)
         self._session = _open_session(self.path, providers)
         self._input = _pick_input(self._session, input_name)
         self._output = _pick_output(self._session, output_name)
@@ -45,17 +48,22 @@ class OnnxModel(ProbabilityModel):
         self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
         self.num_classes = self._classes()
         self.output_kind = outputs or self._detect_kind()
-        self._sha256 = file_sha256(self.path)
+        self._sha256 = _files_sha256(self._files)
 
     @property
     def identity(self) -> ModelIdentity:
+        extra = {"input": self._input.name, "output": self._output.name, "output_dtype": self.output_dtype}
+        if len(self._files) > 1:
+            # The weights live beside the .onnx file: the identity must change when they do.
+            extra["external_data"] = ", ".join(_relative_name(f, self.path.parent) for f in self._files[1:])
+            extra["sha256_of"] = "manifest of per-file sha256 lines '<sha256>  <path>', sorted by path"
         return ModelIdentity(
             reference=str(self.path),
             adapter="onnx",
             sha256=self._sha256,
             provider=self._session.get_providers()[0],
             output_kind=self.output_kind,
-            extra={"input": self._input.name, "output": self._output.name, "output_dtype": self.output_dtype},
+            extra=extra,
         )
 
     def _raw_predict(self, batch: np.ndarray) -> np.ndarray:
@@ -178,8 +186,95 @@ def _producer_op(path: Path, output: str) -> str | None:
     return None
 
 
+def model_files(path: Path) -> list[Path]:
+    """The model file followed by the external data files it references, sorted, without repeats.
+
+    A file that is not a readable ONNX graph references nothing: it stands alone (its digest then
+    decides, e.g. a mismatch on verify), and loading it fails in onnxruntime with its own message.
+    """
+    path = Path(path)
+    return [path] if _graph(path) is None else [path, *external_data_files(path)]
+
+
+def _graph(path: Path) -> Any:
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises DecodeError and others from protobuf
+        return None
+
+
+def external_data_files(path: Path) -> list[Path]:
+    """The files holding the model's external tensors, each checked to lie inside the model's folder.
+
+    ONNX resolves a tensor's "location" relative to the model's folder; one that escapes it (absolute,
+    "..", or a symlink pointing out) would make the audit read, and the identity depend on, files
+    that are not part of the model.
+    """
+    import onnx
+
+    model = _graph(path)
+    if model is None:
+        raise ModelError(f"cannot read the ONNX graph of {path}.", "check that the file is a valid ONNX model")
+    locations = {_location(t, path) for t in _all_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL}
+    return sorted({_inside_folder(path, location) for location in locations})
+
+
+def _all_tensors(model: Any) -> Iterator[Any]:
+    """Every TensorProto in the model: initializers and node attributes, in subgraphs and functions too."""
+    graphs = [model.graph]
+    nodes = [node for function in model.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            graph = graphs.pop()
+            yield from graph.initializer
+            for sparse in graph.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            nodes.extend(graph.node)
+            continue
+        for attribute in nodes.pop().attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                graphs.append(attribute.g)
+            graphs.extend(attribute.graphs)
+
+
+def _location(tensor: Any, path: Path) -> str:
+    entries = {entry.key: entry.value for entry in tensor.external_data}
+    if not entries.get("location"):
+        raise ModelError(f"the tensor '{tensor.name}' in {path} is external but names no location.", "re-save the model with onnx.save_model(..., save_as_external_data=True)")
+    return entries["location"]
+
+
+def _inside_folder(path: Path, location: str) -> Path:
+    folder = path.parent.resolve()
+    target = (path.parent / location).resolve()
+    if PurePosixPath(location).is_absolute() or Path(location).is_absolute() or ".." in PurePosixPath(location).parts or not target.is_relative_to(folder):
+        raise ModelError(
+            f"{path} references external data at {location!r}, outside the model's folder {path.parent}.",
+            "re-save the model with its external data files in the same folder (location='weights.bin')",
+        )
+    if not target.is_file():
+        raise ModelError(f"the external data file {location!r} that {path} references does not exist.", f"put {location} beside {path.name}")
+    return path.parent / PurePosixPath(location)
+
+
+def _relative_name(file: Path, folder: Path) -> str:
+    return file.relative_to(folder).as_posix()
+
+
+def _files_sha256(files: list[Path]) -> str:
+    """The model file's sha256 alone (as before external data was covered), else the manifest's."""
+    if len(files) == 1:
+        return file_sha256(files[0])
+    return manifest_sha256([(_relative_name(f, files[0].parent), file_sha256(f)) for f in files])
+
+
 def load(reference: str, **options: Any) -> OnnxModel:
     return OnnxModel(reference, **options)
 
 
-adapter = SimpleAdapter(name="onnx", package="fimaudit-onnx", loader=load, suffixes=(".onnx",))
+adapter = SimpleAdapter(name="onnx", package="fimaudit-onnx", loader=load, suffixes=(".onnx",), model_files=model_files)

@@ -6,6 +6,9 @@ TorchScript or a torch.save pickle):
   unpickler, which builds only TorchScript types and runs no Python.
 - torch.export (`torch.export.save`, `.pt2`): an `archive_format` member. torch.export.load may fall
   back to a full pickle load for some members, so it runs with TORCH_FORCE_WEIGHTS_ONLY_LOAD set.
+  That switch covers torch.load only: "opaque" constants go through plain pickle.loads and
+  AOTInductor members are native libraries it dlopens. So the archive is inspected first
+  (inspect_export_archive) and refused if any member would be unpickled or loaded as code.
 - anything else written by torch.save: loaded with `weights_only=True` as a state_dict.
 """
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Literal
 import torch
 
 from fimaudit.errors import ModelError, UsageError
+from fimaudit_torch.archive import inspect_export_archive
 
 FileFormat = Literal["torchscript", "export", "pickle"]
 # The archive member in which save_torchscript records the input shape (TorchScript has none).
@@ -85,7 +89,8 @@ def _weights_only_everywhere() -> Iterator[None]:
 
 
 def load_export(path: Path) -> Any:
-    """The torch.export.ExportedProgram in `path`, loaded weights-only."""
+    """The torch.export.ExportedProgram in `path`, loaded weights-only after inspecting the archive."""
+    inspect_export_archive(path)
     try:
         with _weights_only_everywhere():
             return torch.export.load(str(path))
