@@ -558,6 +558,7 @@ def print_summary(report: AuditReport) -> None:
 FLAG_MEANINGS = {
     "step_unconverged": "No two successive finite-difference steps agreed (kinks, ties, rounding): the interval is widened by their disagreement.",
     "step_nonlocal": "The step's L2 norm exceeds epsilon_tau/10: the estimate is a secant over a region where the model may not be linear.",
+    "nondifferentiable": "The model has no derivative at the input (max-pool ties, ReLUs at exactly 0): the figure is the average one-sided slope's, and the interval spans both sides.",
     "below_resolution": "Nothing measurable above the output's rounding: lambda_max is that level, an upper bound.",
     "saturated": "The top probability is exactly 1 at the output precision; only the other classes' changes are seen.",
     "quantized_outputs": "Outputs are rounded or on a grid: differences below the grid step are invisible.",

@@ -52,6 +52,10 @@ ERROR_TARGET = 0.01
 # perturbs the direction by up to an eighth per coordinate; the pair's comparison shows its effect).
 NOISE_MARGIN = 10.0
 INPUT_MARGIN = 4.0
+# One-sided quotients that disagree by more than this, relative, without shrinking as the step does,
+# mark a point where the model has no derivative (see kink_figure).
+KINK_LIMIT = 0.05
+KINK_WIDENING = 2.0
 # Clamp probabilities before the log: a class whose probability underflows contributes
 # sqrt(p) * (log difference) ~ 0 to A v anyway.
 _TINY = np.finfo(np.float64).tiny
@@ -78,6 +82,13 @@ class FiniteDifferences:
 
     def jvp(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
         """Rows A v_j for the rows v_j of `directions` (b, d), from perturbed queries."""
+        y, _ = yield from self.jvp_and_asymmetry(directions)
+        return y
+
+    def jvp_and_asymmetry(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, tuple[np.ndarray, float | None]]:
+        """The JVPs, and ||D+ - D-|| / ||D+ + D-|| of the one-sided quotients D+ = (l(x+hv) - l(x))/h and
+        D- = (l(x) - l(x-hv))/h (free with central differences; None for forward ones). Where the model is
+        differentiable this shrinks like h; at a kink (a max-pool tie, a ReLU at exactly 0) it does not."""
         b = len(directions)
         points = SCHEME_POINTS[self.scheme]
         # Built straight in the model's dtype: half the memory of float64 for float32 models.
@@ -97,7 +108,13 @@ class FiniteDifferences:
             deriv = (logs[0] - logs[1]) / (2 * h)
         else:  # Richardson: the h^2 terms of central differences at h and h/2 cancel
             deriv = (4 * (logs[2] - logs[3]) / h - (logs[0] - logs[1]) / (2 * h)) / 3
-        return deriv * np.sqrt(self.p)
+        root = np.sqrt(self.p)
+        if self.scheme == "forward":
+            return deriv * root, None
+        base = log_probabilities(self.p)
+        up, down = (logs[0] - base) * root, (base - logs[1]) * root
+        total = float(np.linalg.norm(up + down))
+        return deriv * root, float(np.linalg.norm(up - down)) / total if total > 0 else None
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,9 @@ class StepChoice:
     trials: tuple[tuple[float, float, int], ...]  # (step, lambda_max over its directions, how many) per step measured
     queries: int
     searched: bool  # False when the user fixed the step (then it was only checked)
+    # One-sided quotients disagreeing by this much (relative) at the step used, without shrinking
+    # from the step 4x larger: the model has no derivative at x (None: not measured).
+    kink: float | None = None
 
 
 def pilot_directions(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -130,6 +150,28 @@ def choose_step(
     fd: FiniteDifferences, start: float, *, tau: float, floor: float, search: bool, rng: np.random.Generator,
     output_dtype: str,
 ) -> Generator[np.ndarray, np.ndarray, StepChoice]:
+    """The step (see _search), with the kink test on the one-sided quotients of the last pair measured."""
+    asymmetry: dict[float, float | None] = {}
+    choice = yield from _search(fd, start, tau=tau, floor=floor, search=search, rng=rng, output_dtype=output_dtype, asymmetry=asymmetry)
+    return replace(choice, kink=kink_figure(asymmetry, choice.trials))
+
+
+def kink_figure(asymmetry: dict[float, float | None], trials: tuple[tuple[float, float, int], ...]) -> float | None:
+    """The one-sided disagreement at the smallest step measured, when it exceeds KINK_LIMIT and did not
+    shrink (by at least half; smooth models shrink it 4x) from the step before: else None."""
+    steps = sorted({h for h, _, _ in trials})
+    if len(steps) < 2:
+        return None
+    small, large = asymmetry.get(steps[0]), asymmetry.get(steps[1])
+    if small is None or large is None or small <= KINK_LIMIT or small < large / 2:
+        return None
+    return small
+
+
+def _search(
+    fd: FiniteDifferences, start: float, *, tau: float, floor: float, search: bool, rng: np.random.Generator,
+    output_dtype: str, asymmetry: dict[float, float | None],
+) -> Generator[np.ndarray, np.ndarray, StepChoice]:
     """Measure a pilot of JVPs at successive steps and pick the first that agrees with the next larger.
 
     With `search` False (a step the user fixed) only `start` and start/4 are measured: the step is
@@ -143,7 +185,7 @@ def choose_step(
 
     def measure(h: float) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
         nonlocal queries
-        y = yield from fd.at(h, probe).jvp(directions)
+        y, asymmetry[h] = yield from fd.at(h, probe).jvp_and_asymmetry(directions)
         queries += len(directions) * len(SCHEME_POINTS[fd.scheme])
         trials.append((h, pilot_lambda(y), len(directions)))
         return y
@@ -264,8 +306,12 @@ def widen(interval: tuple[float, float], lam: float, choice: StepChoice, noise: 
     A relative error e in the JVPs moves λ_max by at most a factor (1 ± e)^2. Converged steps widen
     by their small estimated error; unconverged ones by the smallest disagreement seen, so the
     interval covers what the steps disagreed about instead of confidently excluding the truth.
-    `noise` adds the output rounding's relative size, sqrt(resolution level / λ_max).
+    `noise` adds the output rounding's relative size, sqrt(resolution level / λ_max). At a kink the
+    derivative does not exist and the estimate is the average one-sided slope's; a selection of one
+    side (what autograd reports at a max-pool tie) can be larger: the interval spans KINK_WIDENING
+    times the one-sided quotients' disagreement (a heuristic: at a two-way tie the selection's λ_max
+    is twice the average's, and the pilot's disagreement there was 0.2-1.4).
     """
-    e = (choice.error if math.isfinite(choice.error) else 1.0) + noise
+    e = max(choice.error if math.isfinite(choice.error) else 1.0, KINK_WIDENING * (choice.kink or 0.0)) + noise
     low, high = min(interval[0], lam), max(interval[1], lam)
     return (max(low * (1 - min(e, 1.0)) ** 2, 0.0), high * (1 + e) ** 2)

@@ -244,8 +244,11 @@ def coordinate_passes(
 
 
 def step_flags(choice: StepChoice, step_norm: float, lam: float, tau: float) -> list[str]:
-    """step_unconverged: no two steps agreed; step_nonlocal: the step is not small against ε_τ."""
+    """step_unconverged: no two steps agreed; step_nonlocal: the step is not small against ε_τ;
+    nondifferentiable: the one-sided quotients disagree at every step (max-pool ties, ReLU at 0)."""
     flags = [] if choice.converged else ["step_unconverged"]
+    if choice.kink is not None:
+        flags.append("nondifferentiable")
     if step_norm > np.sqrt(2 * tau / lam) / LOCALITY:
         flags.append("step_nonlocal")
     return flags

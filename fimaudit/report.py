@@ -92,7 +92,9 @@ class SampleResult(_Model):
         description="What limited the measurement: nondeterministic, quantized_outputs, saturated, "
         "zero_probabilities, below_resolution (then lambda_max is that level, an upper bound), "
         "step_unconverged (no two successive steps agreed: the interval is widened by their disagreement), "
-        "step_nonlocal (the step's L2 norm exceeds epsilon_tau / 10)."
+        "step_nonlocal (the step's L2 norm exceeds epsilon_tau / 10), nondifferentiable (the one-sided difference "
+        "quotients disagree at every step: max-pool ties or ReLUs at exactly 0; lambda_max is then that of the "
+        "average one-sided slope, and the interval spans the disagreement)."
     )
     step: float | None = Field(default=None, description="Finite-difference step this sample used (RMS per coordinate).")
     step_norm: float | None = Field(default=None, description="L2 norm of the step's perturbation, step * sqrt(d).")
@@ -100,6 +102,10 @@ class SampleResult(_Model):
         default=None,
         description="Estimated relative error of the JVPs at this step, from the pilot (Richardson estimate when "
         "converged; the smallest disagreement between successive steps when not). lambda_max_ci includes it.",
+    )
+    step_kink: float | None = Field(
+        default=None,
+        description="Where flagged nondifferentiable: ||D+ - D-|| / ||D+ + D-|| of the one-sided quotients at the step used.",
     )
     step_trials: list[StepTrial] = Field(
         default_factory=list,

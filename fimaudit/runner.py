@@ -174,6 +174,7 @@ def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:
         step=est.step.step,
         step_norm=est.step_norm,
         step_error=est.step.error if math.isfinite(est.step.error) else None,
+        step_kink=est.step.kink,
         step_trials=[StepTrial(step=h, lambda_pilot=lam, directions=n) for h, lam, n in est.step.trials],
         step_check=[StepTrial(step=h, lambda_pilot=lam, directions=1) for h, lam in (est.check.trials if est.check else ())],
     )

@@ -138,3 +138,33 @@ def test_real_trained_network_where_the_fixed_step_fails() -> None:
     new_error = np.abs(np.array([s.lambda_max for s in new.samples]) / exact - 1)
     assert new_error.max() < 0.05
     assert not any(f.startswith("step_") for s in new.samples for f in s.flags)
+
+
+def test_max_pool_ties_are_flagged_nondifferentiable() -> None:
+    """max(a, b) at a == b has no derivative: the one-sided quotients disagree at every step. Tied
+    inputs are flagged and their interval holds the figure autograd would give (the first element's
+    derivative); the same model on untied inputs is not flagged."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 16))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        z = np.maximum(x[:, 0::2], x[:, 1::2]) @ w.T
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    model = fimaudit.CallableModel(predict, fimaudit.InputSpec(shape=(32,)), num_classes=5)
+    half = rng.uniform(0, 1, size=(4, 16))
+    tied = np.repeat(half, 2, axis=1)  # every pooled pair ties
+    untied = tied + rng.uniform(0.05, 0.1, size=tied.shape) * np.tile([1.0, 0.0], 16)  # first element wins
+    for x, expect in ((tied, True), (untied, False)):
+        report = fimaudit.audit(model, x, directions=256, seed=0, estimator="sketch")
+        for s, row in zip(report.samples, x):
+            assert ("nondifferentiable" in s.flags) == expect
+            if expect:
+                assert s.step_kink is not None and s.step_kink > 0.05
+                select = np.zeros((16, 32))
+                select[np.arange(16), 2 * np.arange(16)] = 1.0  # autograd's choice at a tie: the first
+                p = predict(row[None])[0]
+                jac = w @ select
+                first = np.linalg.eigvalsh(jac.T @ (np.diag(p) - np.outer(p, p)) @ jac)[-1]
+                assert s.lambda_max_ci[0] <= first <= s.lambda_max_ci[1]
