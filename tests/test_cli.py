@@ -101,3 +101,21 @@ def test_verify_endpoint_refuses_non_reports(tmp_path: Path) -> None:
     assert res.returncode == 2 and "not a fimaudit report" in res.stderr
     res = run("verify", str(bad), "--endpoint", "triton://127.0.0.1:9/x", "--require-pass")
     assert res.returncode == 2 and "--require-pass" in res.stderr
+
+
+def test_summary_names_the_step_and_explains_flags(tmp_path: Path) -> None:
+    """The console says how the step was chosen, what each flag on the inputs means, and warns
+    when too few directions make intervals unreliable."""
+    out = tmp_path / "report.json"
+    res = run("audit", str(EXAMPLE), "--data", str(EXAMPLE_DATA), "--out", str(out), "--limit", "6", "--directions", "32")
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())  # the console wraps long lines
+    assert "step chosen per input" in text
+    assert "warning" in res.stderr and "--directions 128" in " ".join(res.stderr.split())
+    report = json.loads(out.read_text())
+    for flag, count in report["summary"]["flags"].items():
+        assert f"{flag}: {count} of 6 inputs." in text
+    fixed = run("audit", str(EXAMPLE), "--data", str(EXAMPLE_DATA), "--out", str(out), "--limit", "2", "--directions", "128", "--step", "0.5")
+    assert fixed.returncode == 0, fixed.stderr
+    assert "step fixed" in " ".join(fixed.stdout.split()) and "warning" not in fixed.stderr
+    assert "step_nonlocal" in " ".join(fixed.stdout.split())  # a step of 0.5 per pixel is far from local
