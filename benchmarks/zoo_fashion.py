@@ -225,11 +225,6 @@ def prepare_gelu(cache: Path = CACHE) -> ZooEntry:
     return prepare("gelu", GELU_NAME, cache)
 
 
-if __name__ == "__main__":
-    for entry in (prepare_relu(), prepare_gelu()):
-        print(entry.name, entry.notes)
-        print("  exact lambda:", np.array2string(entry.exact_lambda, precision=4))
-
 
 DITHERED_NAME = "fashion-cnn-relu-maxpool-dithered"
 
