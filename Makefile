@@ -39,6 +39,7 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: bench-setup
+	$(BIN)/python benchmarks/real_models.py
 	$(BIN)/python benchmarks/accuracy.py
 	$(BIN)/python benchmarks/accuracy_sweep.py
 	$(BIN)/python benchmarks/robustness.py

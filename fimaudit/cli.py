@@ -47,8 +47,8 @@ from fimaudit.comparison import Comparison, compare
 from fimaudit.data import load_inputs
 from fimaudit.dsse import SignatureError
 from fimaudit.errors import FimauditError, UsageError
-from fimaudit.fileio import atomic_write
-from fimaudit.journal import remove_journal
+from fimaudit.fileio import atomic_write, refuse_special
+from fimaudit.journal import JournalLock, remove_journal
 from fimaudit.keys import (
     PASSPHRASE_ENV,
     PRIVATE_SUFFIX,
@@ -166,26 +166,31 @@ def audit(
         key = _signing_key(sign_key) if sign_key is not None else None
         # A bad data file is reported before any model is loaded; image folders need its input shape.
         x = None if data.is_dir() else load_inputs(data)
-        loaded = load_model(model, **options)
         target = out_path or Path("report.dsse.json" if key is not None else "report.json")
         book = journal or target.with_name(target.name + ".journal")
-        try:
-            if key is not None:
-                require_attestable(loaded.identity.sha256, model, loaded.identity.extra)
-            if x is None:
-                x = load_inputs(data, tuple(loaded.input_spec.shape))
-            _warn_small_k(directions, estimator)
-            with _progress(quiet) as progress:
-                report = run_audit(
-                    loaded, x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
-                    tau=tau, limit=limit, concurrency=concurrency, data_source=str(data), progress=progress,
-                    journal=book, restart=restart, white_box=white_box,
-                )
-        finally:
-            loaded.close()
-        verdict = policy.evaluate(report) if policy is not None else None
-        atomic_write(target, _audit_output(report, verdict, key, model))
-        remove_journal(book)  # the report now holds every sample; a rerun starts afresh
+        refuse_special(target)  # before the model is loaded or queried: /dev/null must stay a device
+        refuse_special(book, "journal")
+        # Held until the journal is removed, so a second audit with the same --out fails at once
+        # instead of resuming from (or deleting) a journal this one is still using.
+        with JournalLock(book) as lock:
+            loaded = load_model(model, **options)
+            try:
+                if key is not None:
+                    require_attestable(loaded.identity.sha256, model, loaded.identity.extra)
+                if x is None:
+                    x = load_inputs(data, tuple(loaded.input_spec.shape))
+                _warn_small_k(directions, estimator)
+                with _progress(quiet) as progress:
+                    report = run_audit(
+                        loaded, x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
+                        tau=tau, limit=limit, concurrency=concurrency, data_source=str(data), progress=progress,
+                        journal=book, restart=restart, white_box=white_box, journal_lock=lock,
+                    )
+            finally:
+                loaded.close()
+            verdict = policy.evaluate(report) if policy is not None else None
+            atomic_write(target, _audit_output(report, verdict, key, model))
+            remove_journal(book)  # the report now holds every sample; a rerun starts afresh
         _print_audit_result(report, verdict, target, signed=key is not None, quiet=quiet)
     if verdict is not None and not verdict.passed:
         raise typer.Exit(1)
@@ -470,6 +475,7 @@ def _refuse_existing_keys(prefix: Path) -> None:
     # Checked here, before any prompt, and with the CLI's own way out (--force).
     for suffix in (PRIVATE_SUFFIX, PUBLIC_SUFFIX):
         path = prefix.with_name(prefix.name + suffix)
+        refuse_special(path, "key")  # a device, FIFO or link is a usage error, not an old key
         if path.exists():
             raise KeyFileError(f"refusing to overwrite existing key file {path}",
                                "choose another --out prefix, or pass --force (the old key is lost for good)")

@@ -152,7 +152,9 @@ def choose_step(
 ) -> Generator[np.ndarray, np.ndarray, StepChoice]:
     """The step (see _search), with the kink test on the one-sided quotients of the last pair measured."""
     asymmetry: dict[float, float | None] = {}
-    choice = yield from _search(fd, start, tau=tau, floor=floor, search=search, rng=rng, output_dtype=output_dtype, asymmetry=asymmetry)
+    choice = yield from _search(
+        fd, start, tau=tau, floor=floor, search=search, rng=rng, output_dtype=output_dtype, asymmetry=asymmetry
+    )
     return replace(choice, kink=kink_figure(asymmetry, choice.trials))
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import tempfile
 from pathlib import Path
 
-from fimaudit.errors import DataError
+from fimaudit.errors import DataError, UsageError
 
 _CHUNK = 1 << 20
 
@@ -14,6 +15,7 @@ _CHUNK = 1 << 20
 def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
     """Write data to a temporary file beside `path`, fsync it, then rename it into place."""
     target = Path(path)
+    refuse_special(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
@@ -28,6 +30,35 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def refuse_special(path: str | Path, what: str = "output") -> None:
+    """Refuse to write over anything but a regular file: a missing path is fine.
+
+    The atomic rename replaces whatever the name points at, so `--out /dev/null` would turn the
+    device into a regular file, and a symlink would be replaced by a file instead of followed
+    (or, for SQLite, followed into its target). Either is a surprise the user did not ask for.
+    """
+    target = Path(path)
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UsageError(f"cannot check the {what} path {target}: {exc.strerror or exc}",
+                         "pass a path in a directory you can read") from exc
+    if stat.S_ISLNK(info.st_mode):
+        raise UsageError(f"the {what} path {target} is a symbolic link; fimaudit does not write through links.",
+                         "pass the link's target path itself, or another path")
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"the {what} path {target} exists and is a {_kind(info.st_mode)}, not a regular file.",
+                         "pass the path of a regular file (or of one to create)")
+
+
+def _kind(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "directory"), (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
+             (stat.S_ISFIFO, "FIFO"), (stat.S_ISSOCK, "socket"))
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 
 from fimaudit.errors import FimauditError
+from fimaudit.fileio import refuse_special
 
 PASSPHRASE_ENV = "FIMAUDIT_KEY_PASSPHRASE"
 PRIVATE_SUFFIX = ".key"
@@ -89,6 +90,8 @@ def generate_keypair(
     only once both are complete, so a crash never leaves a half-written key.
     """
     key_path, pub_path = _keypair_paths(Path(out_prefix))
+    for path in (key_path, pub_path):
+        refuse_special(path, "key")  # even with overwrite: a device or link is never "an old key"
     if not overwrite:
         _refuse_existing(key_path, pub_path)
     private_key = Ed25519PrivateKey.generate()

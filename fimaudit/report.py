@@ -140,6 +140,17 @@ class ClassSummary(_Model):
     epsilon_tau_median: float | None
 
 
+class JournalInfo(_Model):
+    resumed: int = Field(
+        default=0, description="Samples taken from the journal of an interrupted run instead of computed by this one."
+    )
+    rechecked: int = Field(
+        default=0,
+        description="Of the resumed samples, how many were chosen at random, computed again and found equal to the "
+        "journal before any counted (docs/security.md).",
+    )
+
+
 class Summary(_Model):
     n: int
     lambda_max: Stats
@@ -149,6 +160,9 @@ class Summary(_Model):
     queries: int
     wall_seconds: float
     queries_per_second: float
+    journal: JournalInfo | None = Field(
+        default=None, description="Where the audit resumed from a journal: how many samples came from it; null without one."
+    )
 
 
 class AuditReport(_Model):
@@ -188,7 +202,10 @@ def stats(values: list[float | None] | np.ndarray) -> Stats:
     return Stats(median=out[0], p90=out[1], p99=out[2], max=out[3], min=out[4])
 
 
-def summarize(samples: list[SampleResult], queries: int, wall_seconds: float, sent: int | None = None) -> Summary:
+def summarize(
+    samples: list[SampleResult], queries: int, wall_seconds: float, sent: int | None = None,
+    journal: JournalInfo | None = None,
+) -> Summary:
     """Summary figures. `queries` is the samples' total; `sent` what this run itself sent (the
     rate's numerator, which differs from `queries` when a run resumed from a journal)."""
     per_class: dict[str, ClassSummary] = {}
@@ -208,6 +225,7 @@ def summarize(samples: list[SampleResult], queries: int, wall_seconds: float, se
         queries=queries,
         wall_seconds=wall_seconds,
         queries_per_second=(queries if sent is None else sent) / wall_seconds if wall_seconds > 0 else 0.0,
+        journal=journal,
     )
 
 

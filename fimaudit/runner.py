@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -15,12 +16,13 @@ from fimaudit.data import check_inputs, digest, input_scale
 from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
-from fimaudit.journal import Journal
+from fimaudit.journal import Journal, JournalLock
 from fimaudit.model import ProbabilityModel
 from fimaudit.report import (
     AuditConfig,
     AuditReport,
     DataInfo,
+    JournalInfo,
     ModelInfo,
     SampleResult,
     StepTrial,
@@ -63,19 +65,23 @@ def audit(
     journal: str | Path | None = None,
     restart: bool = False,
     white_box: bool = False,
+    journal_lock: JournalLock | None = None,
 ) -> AuditReport:
     """Audit `model` at each input of `x` (shape (n, *input_shape)) and return the report.
 
     Each sample's directions derive from (seed, index) alone, so batching, order and limits never
     change a sample's numbers: the same seed gives the same report (timing fields aside).
     With `journal`, each finished sample is committed to that SQLite file first, and a rerun of
-    the same audit continues where it stopped (`restart=True` discards it).
+    the same audit continues where it stopped (`restart=True` discards it), after re-computing a
+    random few of the journaled samples to check the journal was not altered (docs/security.md).
+    `journal_lock` is the journal's lock when the caller already holds it.
     """
     _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency)
     exact_fisher = _white_box_function(model) if white_box else None
     arr, stats = check_inputs(x, model.input_spec)
     scale = input_scale(stats)  # over all the data, so --limit never changes a sample's numbers
     audited_digest = stats.sha256
+    total = len(arr)  # journal indices are checked against all the data: a --limit may have grown
     if limit is not None and limit < len(arr):
         arr = arr[:limit]
         audited_digest = digest(arr)
@@ -93,9 +99,10 @@ def audit(
         model.output_dtype, model.input_spec.dtype, adaptive_step=step is None, tau=tau, step_floor=floor,
     )
     binding = {"tool": __version__, "model": model_info(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
-    book = Journal(journal, binding, restart=restart) if journal is not None else None
+    book = Journal(journal, binding, restart=restart, lock=journal_lock) if journal is not None else None
     try:
-        samples, sent, wall = _run(model, arr, cfg, tau, concurrency, progress, book)
+        resumed = {i: s for i, s in book.finished(total).items() if i < len(arr)} if book is not None else {}
+        samples, sent, wall, rechecked = _run(model, arr, cfg, tau, concurrency, progress, book, resumed)
     finally:
         if book is not None:
             book.close()
@@ -113,16 +120,21 @@ def audit(
             interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
         ),  # type: ignore[arg-type]
         samples=samples,
-        summary=summarize(samples, queries, wall, sent),
+        summary=summarize(samples, queries, wall, sent, _journal_info(book, resumed, rechecked)),
     )
+
+
+def _journal_info(book: Journal | None, resumed: dict[int, SampleResult], rechecked: int) -> JournalInfo | None:
+    return JournalInfo(resumed=len(resumed), rechecked=rechecked) if book is not None else None
 
 
 def _run(
     model: ProbabilityModel, arr: np.ndarray, cfg: EstimatorConfig, tau: float, concurrency: int,
-    progress: Progress | None, book: Journal | None,
-) -> tuple[list[SampleResult], int, float]:
+    progress: Progress | None, book: Journal | None, resumed: dict[int, SampleResult],
+) -> tuple[list[SampleResult], int, float, int]:
     engine = QueryEngine(model, concurrency=concurrency)
-    results = {i: s for i, s in (book.finished() if book else {}).items() if i < len(arr)}
+    results = dict(resumed)
+    active = _max_active(engine, arr, cfg, model.num_classes)
 
     def done(index: int, est: SampleEstimate) -> None:
         result = _sample_result(index, est, tau)
@@ -135,10 +147,75 @@ def _run(
     start = time.perf_counter()
     tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in range(len(arr)) if i not in results)
     try:
-        engine.run(tasks, done, max_active=_max_active(engine, arr, cfg, model.num_classes))
+        # The journal is checked before this run spends a query on samples of its own.
+        rechecked = _recheck(engine, arr, cfg, tau, resumed, active, book)
+        engine.run(tasks, done, max_active=active)
     finally:
         engine.close()
-    return [results[i] for i in sorted(results)], engine.queries, time.perf_counter() - start
+    return [results[i] for i in sorted(results)], engine.queries, time.perf_counter() - start, rechecked
+
+
+# Share of the journaled samples re-computed on resume (at least RECHECK_MIN of them).
+RECHECK_FRACTION = 0.05
+RECHECK_MIN = 2
+# Relative tolerance of the re-check: the computation is deterministic, so only rounding noise
+# below this could separate an honest journal from its re-computation.
+RECHECK_RTOL = 1e-9
+
+
+def recheck_count(n: int) -> int:
+    return min(n, max(RECHECK_MIN, math.ceil(RECHECK_FRACTION * n)))
+
+
+def _recheck(
+    engine: QueryEngine, arr: np.ndarray, cfg: EstimatorConfig, tau: float, journaled: dict[int, SampleResult],
+    max_active: int, book: Journal | None,
+) -> int:
+    """Re-compute a random few journaled samples; refuse the journal unless each matches its row.
+
+    The choice comes from the OS's entropy, never from the audit's seed: someone who edits the
+    journal between runs cannot know which rows will be checked.
+    """
+    chosen = random.SystemRandom().sample(sorted(journaled), recheck_count(len(journaled)))
+    again: dict[int, SampleResult] = {}
+
+    def done(index: int, est: SampleEstimate) -> None:
+        again[index] = _sample_result(index, est, tau)
+
+    engine.run(((i, estimate_sample(arr[i], i, cfg)) for i in chosen), done, max_active=max_active)
+    for i in chosen:
+        problem = _disagreement(journaled[i], again[i])
+        if problem is not None:
+            where = book.path if book is not None else "journal"
+            raise UsageError(
+                f"the journal {where} does not match a re-computation of sample {i} ({problem}): it was altered "
+                "since it was written, or the model now answers differently.",
+                "rerun with --restart to discard the journal and audit every sample afresh",
+            )
+    return len(chosen)
+
+
+def _disagreement(journaled: SampleResult, again: SampleResult) -> str | None:
+    """The first field where a journaled sample and its re-computation differ, or None."""
+    if "nondeterministic" in again.flags:
+        # The model's own noise moves every figure; only an interval that misses the journal's is a sign.
+        low, high = journaled.lambda_max_ci
+        if again.index == journaled.index and again.lambda_max_ci[0] <= high and low <= again.lambda_max_ci[1]:
+            return None
+        return f"lambda_max_ci: journaled {list(journaled.lambda_max_ci)}, recomputed {list(again.lambda_max_ci)}"
+    return _first_difference(journaled.model_dump(), again.model_dump(), "")
+
+
+def _first_difference(old: Any, new: Any, where: str) -> str | None:
+    if isinstance(old, dict) and isinstance(new, dict) and old.keys() == new.keys():
+        return next((d for k in old if (d := _first_difference(old[k], new[k], f"{where}.{k}" if where else k))), None)
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)) and len(old) == len(new):
+        return next((d for j, (a, b) in enumerate(zip(old, new)) if (d := _first_difference(a, b, f"{where}[{j}]"))), None)
+    same = (
+        math.isclose(old, new, rel_tol=RECHECK_RTOL, abs_tol=0.0)
+        if isinstance(old, float) and isinstance(new, float) else old == new and type(old) is type(new)
+    )
+    return None if same else f"{where}: journaled {old!r}, recomputed {new!r}"
 
 
 # Memory for the samples in flight (their blocks of perturbed inputs and accumulators).
