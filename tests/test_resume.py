@@ -16,12 +16,14 @@ from conftest import KnownModel, make_known
 
 import fimaudit
 from fimaudit.errors import UsageError
+from fimaudit.runner import recheck_count
 
 DRIVER = Path(__file__).with_name("resume_driver.py")
 
 
 def _timing_free(report: dict) -> dict:
-    summary = {k: v for k, v in report["summary"].items() if k not in ("wall_seconds", "queries_per_second")}
+    # The journal counts say how this run got its samples, not what they are.
+    summary = {k: v for k, v in report["summary"].items() if k not in ("wall_seconds", "queries_per_second", "journal")}
     return {**report, "summary": summary}
 
 
@@ -112,6 +114,9 @@ def test_cli_resumes_the_same_command_and_refuses_a_changed_one(tmp_path: Path, 
     assert not journal.exists()  # removed once the report holds every sample
     ours, theirs = json.loads(out.read_text()), json.loads(reference.read_text())
     assert _timing_free(ours) == _timing_free(theirs)
+    resumed_count = ours["summary"]["journal"]["resumed"]
+    assert resumed_count >= 40 and ours["summary"]["journal"]["rechecked"] == recheck_count(resumed_count)
+    assert theirs["summary"]["journal"] == {"resumed": 0, "rechecked": 0}
     assert _kill_after(subprocess.Popen(_cli(known, data, out, "--seed", "5")), journal, 10, 0.0)
     fresh = subprocess.run(_cli(known, data, out, "--restart"), capture_output=True, text=True)
     assert fresh.returncode == 0 and json.loads(out.read_text())["config"]["seed"] == 0
@@ -125,5 +130,21 @@ def test_unusable_journal_is_a_typed_error(tmp_path: Path, mlp64: KnownModel) ->
         fimaudit.audit(model, mlp64.x, directions=8, journal=garbage)
     assert "--restart" in info.value.fix
     assert fimaudit.audit(model, mlp64.x, directions=8, journal=garbage, restart=True).summary.n == len(mlp64.x)
-    with pytest.raises(UsageError, match="cannot be used"):
-        fimaudit.audit(model, mlp64.x, directions=8, journal=tmp_path)  # a directory
+    with pytest.raises(UsageError, match="is a directory, not a regular file"):
+        fimaudit.audit(model, mlp64.x, directions=8, journal=tmp_path)
+
+
+def test_cli_refuses_a_journal_forged_after_a_kill(tmp_path: Path, slow_audit: tuple[KnownModel, Path]) -> None:
+    known, data = slow_audit
+    out, journal = tmp_path / "report.json", tmp_path / "report.json.journal"
+    assert _kill_after(subprocess.Popen(_cli(known, data, out)), journal, 30, 0.0)
+    with sqlite3.connect(journal) as db:  # every committed sample made to look 100x less sensitive
+        for idx, text in db.execute("SELECT idx, result FROM samples").fetchall():
+            row = json.loads(text)
+            db.execute("UPDATE samples SET result = ? WHERE idx = ?", (json.dumps({**row, "lambda_max": row["lambda_max"] / 100}), idx))
+    resumed = subprocess.run(_cli(known, data, out), capture_output=True, text=True)
+    assert resumed.returncode == 2, resumed.stderr
+    assert "does not match a re-computation of sample" in resumed.stderr and "--restart" in resumed.stderr
+    assert not out.exists()
+    fresh = subprocess.run(_cli(known, data, out, "--restart"), capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr
