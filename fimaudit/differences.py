@@ -159,13 +159,14 @@ def choose_step(
 
 
 def kink_figure(asymmetry: dict[float, float | None], trials: tuple[tuple[float, float, int], ...]) -> float | None:
-    """The one-sided disagreement at the smallest step measured, when it exceeds KINK_LIMIT and did not
-    shrink (by at least half; smooth models shrink it 4x) from the step before: else None."""
+    """The one-sided disagreement at the smallest step measured, when it exceeds KINK_LIMIT and stayed
+    within a factor 2 of the step 4x larger's: else None. A smooth model's shrinks 4x per step (it is
+    O(h)); output noise's grows 4x (it is O(1/h)); only a kink's stays put."""
     steps = sorted({h for h, _, _ in trials})
     if len(steps) < 2:
         return None
     small, large = asymmetry.get(steps[0]), asymmetry.get(steps[1])
-    if small is None or large is None or small <= KINK_LIMIT or small < large / 2:
+    if small is None or large is None or small <= KINK_LIMIT or not large / 2 <= small <= 2 * large:
         return None
     return small
 
