@@ -12,7 +12,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
+from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path, PurePath
 from typing import Any, Union
@@ -32,10 +34,10 @@ from fimaudit.dsse import (
 )
 from fimaudit.errors import DataError, UsageError
 from fimaudit.fileio import file_sha256, manifest_sha256
-from fimaudit.keys import load_private_key, load_public_key, passphrase_from_env
+from fimaudit.keys import keyid, load_private_key, load_public_key, passphrase_from_env
 from fimaudit.policy import Policy, PolicyResult, inconsistencies
 from fimaudit.registry import model_files
-from fimaudit.report import AuditReport, ModelInfo
+from fimaudit.report import AuditReport, ModelInfo, Stats, summarize
 
 PathLike = Union[str, os.PathLike]
 PrivateKeyLike = Union[Ed25519PrivateKey, PathLike]
@@ -126,7 +128,7 @@ def sign(envelope: EnvelopeLike, private_key: PrivateKeyLike) -> dict[str, Any]:
     Only fimaudit audit predicates are co-signed: a co-signer endorses what
     the payload says, so it must at least be a report we can show them.
     """
-    cosigned = add_signature(_envelope(envelope), _private_key(private_key))
+    cosigned = add_signature(_normalised_keyids(_envelope(envelope)), _private_key(private_key))
     _predicate_of(unverified_statement(cosigned))
     return cosigned
 
@@ -144,12 +146,15 @@ def verify(
     # One key is welcome on its own; iterating a path string would "verify" against its characters.
     key_list = public_keys if isinstance(public_keys, list) else [public_keys]
     keys = [_public_key(k) for k in key_list]
-    verified = verify_envelope(_envelope(envelope), keys)
+    _refuse_duplicate_keys(keys)
+    verified = verify_envelope(_normalised_keyids(_envelope(envelope)), keys)
     predicate = _predicate_of(verified.statement)
-    _check_policy(predicate)
+    _check_content(predicate)
     subjects = [Subject(name=s["name"], sha256=s["digest"]["sha256"]) for s in verified.statement["subject"]]
     _check_endpoint_subject(subjects, predicate.report.model)
+    # The model on disk first: when both fail, "this file differs" is the more useful message.
     subject_ok = None if model_path is None else check_subjects(subjects, Path(model_path))
+    _check_file_subject(subjects, predicate.report.model)
     return VerificationResult(signers=verified.signers, unverified=verified.unverified,
                               subjects=subjects, subject_ok=subject_ok, predicate=predicate)
 
@@ -345,13 +350,107 @@ def _predicate_of(statement: dict[str, Any]) -> AuditPredicate:
                              "it was written by another tool or another version of fimaudit") from exc
 
 
-def _check_policy(predicate: AuditPredicate) -> None:
-    if predicate.policy is None:
-        return
-    problems = inconsistencies(predicate.policy, predicate.report.summary)
+# --------------------------------------------------------------------------- #
+# content checks: shared by verify (which refuses) and render (which shows them)
+# --------------------------------------------------------------------------- #
+
+_STAT_FIELDS = ("median", "p90", "p99", "max", "min")
+
+
+def policy_problems(report: AuditReport, policy: PolicyResult | None) -> list[str]:
+    """How a recorded policy verdict disagrees with the report it judges (empty: it agrees)."""
+    return [] if policy is None else inconsistencies(policy, report.summary)
+
+
+def summary_problems(report: AuditReport) -> list[str]:
+    """How the report's summary disagrees with its own samples, recomputed with report.summarize.
+
+    Policies judge the summary, so a summary edited apart from its samples would let a verdict
+    rest on figures nobody measured.
+    """
+    samples, recorded = report.samples, report.summary
+    actual = summarize(samples, sum(s.queries for s in samples), recorded.wall_seconds)
+    problems = [f"summary.{name} is {getattr(recorded, name)}, the samples give {getattr(actual, name)}"
+                for name in ("n", "queries", "flags") if getattr(recorded, name) != getattr(actual, name)]
+    for name in ("lambda_max", "epsilon_tau"):
+        problems += _stats_problems(f"summary.{name}", getattr(recorded, name), getattr(actual, name))
+    if _per_class(recorded.per_class) != _per_class(actual.per_class):
+        problems.append("summary.per_class does not match the samples' predicted classes")
+    return problems
+
+
+def content_problems(report: AuditReport, policy: PolicyResult | None) -> list[str]:
+    """Every way a report (and its recorded verdict) contradicts itself; render shows these, verify refuses."""
+    return summary_problems(report) + policy_problems(report, policy)
+
+
+def _stats_problems(where: str, recorded: Stats, actual: Stats) -> list[str]:
+    return [f"{where}.{field} is {getattr(recorded, field)}, the samples give {getattr(actual, field)}"
+            for field in _STAT_FIELDS if not _same(getattr(recorded, field), getattr(actual, field))]
+
+
+def _per_class(per_class: Mapping[str, Any]) -> dict[str, tuple[Any, ...]]:
+    return {k: (v.n, round(v.lambda_max_median, 12), v.epsilon_tau_median and round(v.epsilon_tau_median, 12))
+            for k, v in per_class.items()}
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    # Recomputed with the same numpy the figures agree exactly; another numpy may differ in the last bits.
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300)
+
+
+def _check_content(predicate: AuditPredicate) -> None:
+    report, policy = predicate.report, predicate.policy
+    problems = summary_problems(report)
+    if problems:
+        raise SignatureError(f"the signed summary contradicts the signed samples: {'; '.join(problems)}",
+                             "the report was altered or written by a faulty tool; do not rely on it, audit again")
+    problems = policy_problems(report, policy)
     if problems:
         raise SignatureError(f"the signed policy verdict contradicts the signed report: {'; '.join(problems)}",
                              "the signer recorded a wrong verdict; do not rely on it")
+
+
+def _check_file_subject(subjects: list[Subject], model: ModelInfo) -> None:
+    """A one-file model's subject must carry the digest the report audited, or the signature
+    vouches for figures about one model while naming another."""
+    if model.sha256 is None or len(subjects) != 1:
+        return
+    subject = subjects[0]
+    # A directory holding a single file is identified by its one-line manifest instead.
+    if model.sha256 not in (subject.sha256, manifest_sha256([(subject.name, subject.sha256)])):
+        raise SignatureError(
+            f"the subject {subject.name} has sha256 {subject.sha256}, but the signed report audited a model "
+            f"with sha256 {model.sha256}",
+            "the envelope was not made by fimaudit attest (or was made for another model); do not rely on it",
+        )
+
+
+def _refuse_duplicate_keys(keys: list[Ed25519PublicKey]) -> None:
+    """Two copies of one key would silently count as one signer where the caller asked for two."""
+    repeated = sorted(kid for kid, n in Counter(keyid(k) for k in keys).items() if n > 1)
+    if repeated:
+        raise UsageError(
+            f"the same public key (keyid {repeated[0]}) was given more than once; it can only vouch for one signer",
+            "pass each signer's public key once; to require two signers, pass two different keys",
+        )
+
+
+def _normalised_keyids(envelope: dict[str, Any]) -> dict[str, Any]:
+    """A copy whose signature keyids are lowercase, as fimaudit.keys.keyid writes them.
+
+    keyids are hex digests, so case carries no meaning; left as is, an upper-case keyid would be
+    listed as an unchecked signature by some other key. The keyid is not part of the signed
+    bytes, so this changes nothing that is verified.
+    """
+    signatures = envelope.get("signatures")
+    if not isinstance(signatures, list):
+        return envelope  # malformed: verify_envelope says how
+    fixed = [{**sig, "keyid": sig["keyid"].lower()} if isinstance(sig, dict) and isinstance(sig.get("keyid"), str) else sig
+             for sig in signatures]
+    return {**envelope, "signatures": fixed}
 
 
 def _envelope(envelope: EnvelopeLike) -> dict[str, Any]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
+import struct
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -45,8 +47,8 @@ from fimaudit.attestation import (
 )
 from fimaudit.comparison import Comparison, compare
 from fimaudit.data import load_inputs
-from fimaudit.dsse import SignatureError
-from fimaudit.errors import FimauditError, UsageError
+from fimaudit.dsse import SignatureError, has_lone_surrogate
+from fimaudit.errors import FimauditError, ModelError, UsageError
 from fimaudit.fileio import atomic_write, refuse_special
 from fimaudit.journal import JournalLock, remove_journal
 from fimaudit.keys import (
@@ -102,13 +104,18 @@ def _errors_to_exit_codes() -> Iterator[None]:
     except FimauditError as exc:
         # Messages quote paths and policy syntax like [[check]]: never read them as markup.
         # soft_wrap: long keyids and paths stay on one line, whole for copy and grep.
-        err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(_printable(exc.message))}", soft_wrap=True)
         if exc.fix:
-            err.print(f"[bold]fix:[/] {escape(exc.fix)}", soft_wrap=True)
+            err.print(f"[bold]fix:[/] {escape(_printable(exc.fix))}", soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]")
         raise typer.Exit(130) from None
+
+
+def _printable(text: str) -> str:
+    # A message quoting a non-UTF-8 path holds surrogates, which stderr cannot encode: show them as \\udcNN.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @app.command()
@@ -126,7 +133,7 @@ def audit(
     step: Optional[float] = typer.Option(None, "--step", help="Fix the finite-difference step (input units, RMS per coordinate); default: chosen per input by a convergence search, and a fixed one is still checked."),
     estimator: str = typer.Option("auto", "--estimator", help="auto (exact when the input is small enough), sketch or exact."),
     tau: float = typer.Option(0.01, "--tau", help="KL budget in nats for the radius epsilon_tau = sqrt(2 tau / lambda_max)."),
-    outputs: Optional[str] = typer.Option(None, "--outputs", help="Declare the model's outputs: probabilities or logits (default: detected)."),
+    outputs: Optional[str] = typer.Option(None, "--outputs", help="Declare the model's outputs: probabilities, logits, or sigmoid (one probability of class 1 of a binary classifier); default: detected."),
     output_name: Optional[str] = typer.Option(None, "--output", help="Name of the model output to audit (default: detected)."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Maximum inputs per model call (default: the model's)."),
     concurrency: int = typer.Option(1, "--concurrency", help="Batches in flight at once (useful for remote endpoints)."),
@@ -159,6 +166,7 @@ def audit(
     """
     with _errors_to_exit_codes():
         options = _model_options(outputs, output_name, batch_size, header_env=header_env, timeout=timeout)
+        _require_utf8_path(model, "model")  # the report records it as text, after the whole audit
         if input_shape is not None:
             options["input_shape"] = _parse_shape(input_shape)
         # Policy and key problems surface before the audit spends any queries.
@@ -170,10 +178,12 @@ def audit(
         book = journal or target.with_name(target.name + ".journal")
         refuse_special(target)  # before the model is loaded or queried: /dev/null must stay a device
         refuse_special(book, "journal")
+        _require_writable_dir(target)  # a report that cannot be written must not cost an audit first
+        _require_utf8_path(str(target), "--out")
         # Held until the journal is removed, so a second audit with the same --out fails at once
         # instead of resuming from (or deleting) a journal this one is still using.
         with JournalLock(book) as lock:
-            loaded = load_model(model, **options)
+            loaded = _load_model(model, options)
             try:
                 if key is not None:
                     require_attestable(loaded.identity.sha256, model, loaded.identity.extra)
@@ -183,7 +193,7 @@ def audit(
                 with _progress(quiet) as progress:
                     report = run_audit(
                         loaded, x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
-                        tau=tau, limit=limit, concurrency=concurrency, data_source=str(data), progress=progress,
+                        tau=tau, limit=limit, concurrency=concurrency, data_source=_path_text(data), progress=progress,
                         journal=book, restart=restart, white_box=white_box, journal_lock=lock,
                     )
             finally:
@@ -194,6 +204,61 @@ def audit(
         _print_audit_result(report, verdict, target, signed=key is not None, quiet=quiet)
     if verdict is not None and not verdict.passed:
         raise typer.Exit(1)
+
+
+# What an adapter's parsing raises on a malformed or hostile reply or file: bad JSON is a
+# ValueError, a short body an IndexError or struct.error, 'null' where an object belongs a
+# TypeError, absurd declared sizes a MemoryError, very deep JSON a RecursionError.
+_ADAPTER_FAILURES = (ValueError, TypeError, KeyError, IndexError, AttributeError, struct.error, RecursionError, MemoryError)
+
+
+def _load_model(model: str, options: dict[str, Any]) -> Any:
+    """load_model, with an adapter's untyped failure turned into a ModelError (exit 4)."""
+    try:
+        return load_model(model, **options)
+    except FimauditError:
+        raise
+    except _ADAPTER_FAILURES as exc:
+        raise ModelError(
+            f"cannot load the model {model}: the adapter failed with {type(exc).__name__}: {_one_line(exc)}",
+            "check the model file, or that the URL points at a working model server; "
+            "if both are fine, this is an adapter bug: report it with this message",
+        ) from exc
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    # A server's reply can be long or multi-line; the message must stay one greppable line.
+    text = " ".join(str(exc).split()) or "(no message)"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _path_text(path: Path) -> str:
+    """A path as text for the report: undecodable bytes written as \\xNN, not a crash at the end."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _require_utf8_path(text: str, what: str) -> None:
+    """Refuse, before any work, a path the report must record but UTF-8 cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"the {what} path {_path_text(Path(text))} is not valid UTF-8, so the report cannot record it.",
+            "rename the file (or link to it) under a UTF-8 name",
+        ) from None
+
+
+def _require_writable_dir(target: Path) -> None:
+    """The --out file's folder must be (or be creatable in) a writable directory."""
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # atomic_write creates the missing folders, in the nearest existing one
+    if not folder.is_dir():
+        raise UsageError(f"cannot write {_path_text(target)}: {_path_text(folder)} is not a directory.",
+                         "pass --out a path inside an existing directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {_path_text(target)}: the directory {_path_text(folder)} is not writable.",
+                         "pass --out a path in a directory you can write to")
 
 
 # Below this the intervals may undercover: 90% at k = 16 in docs/math.md's simulation, and the
@@ -388,10 +453,14 @@ def _plain_predicate(path: Path) -> tuple[AuditReport, PolicyResult | None]:
     not_a_report = UsageError(f"{path} is not a fimaudit report.", "pass the JSON report written by fimaudit audit")
     try:
         data = json.loads(path.read_bytes()) if path.is_file() else None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: JSON nested thousands deep
         raise not_a_report from exc
     if not isinstance(data, dict):
         raise not_a_report
+    if has_lone_surrogate(data):
+        # A \ud800 escape parses, but the text cannot be written out again as UTF-8 HTML or JSON.
+        raise UsageError(f"{path} holds a string with a lone surrogate escape (such as \\ud800), which is not valid Unicode.",
+                         "pass the report exactly as fimaudit audit wrote it")
     if "payloadType" in data:
         raise UsageError(f"{path} is a signed envelope.", "pass --key to verify its signatures as well")
     try:
@@ -509,8 +578,10 @@ def _model_options(
     outputs: str | None, output_name: str | None, batch_size: int | None, *, header_env: str | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    if outputs not in (None, "probabilities", "logits"):
-        raise UsageError(f"--outputs must be 'probabilities' or 'logits' (got {outputs!r}).", "omit it to detect automatically")
+    if outputs not in (None, "probabilities", "logits", "sigmoid"):
+        raise UsageError(
+            f"--outputs must be 'probabilities', 'logits' or 'sigmoid' (got {outputs!r}).", "omit it to detect automatically"
+        )
     if batch_size is not None and batch_size < 1:
         raise UsageError(f"--batch-size must be >= 1 (got {batch_size}).", "omit it to use the model's own maximum")
     if timeout is not None and not timeout > 0:
@@ -565,6 +636,7 @@ FLAG_MEANINGS = {
     "step_unconverged": "No two successive finite-difference steps agreed (kinks, ties, rounding): the interval is widened by their disagreement.",
     "step_nonlocal": "The step's L2 norm exceeds epsilon_tau/10: the estimate is a secant over a region where the model may not be linear.",
     "nondifferentiable": "The model has no derivative at the input (max-pool ties, ReLUs at exactly 0): the figure is the average one-sided slope's, and the interval spans both sides.",
+    "batch_dependent": "An input's outputs depended on the other inputs of its batch (e.g. dynamic quantization): queried one input per request.",
     "below_resolution": "Nothing measurable above the output's rounding: lambda_max is that level, an upper bound.",
     "saturated": "The top probability is exactly 1 at the output precision; only the other classes' changes are seen.",
     "quantized_outputs": "Outputs are rounded or on a grid: differences below the grid step are invisible.",

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import hashlib
+import mmap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +13,8 @@ from fimaudit.errors import DataError
 from fimaudit.images import load_image_folder
 from fimaudit.model import InputSpec
 
-_CHUNK_BYTES = 32 * 2**20
+# Bounds one chunk's float64 working copy: a scan's memory stays a few MiB whatever the file's size.
+_CHUNK_BYTES = 4 * 2**20
 
 
 def load_inputs(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
@@ -107,33 +110,102 @@ class DataStats:
 
 
 def scan(arr: np.ndarray) -> DataStats:
-    """sha256 of the C-order bytes, standard deviation, peak magnitude and non-finite rows, by chunks."""
+    """sha256 of the C-order bytes, standard deviation, peak magnitude and non-finite rows, by chunks.
+
+    Memory stays bounded by the chunk size, not the data: a memory-mapped file is read chunk by
+    chunk with ordinary reads (see _file_chunks), so even the whole of a 20 GB .npy never counts
+    towards this process's memory.
+    """
     h = hashlib.sha256()
-    n_rows = len(arr)
-    per_chunk = max(1, _CHUNK_BYTES // max(1, arr[0].nbytes))
     count, mean, m2, peak, bad, first_bad = 0, 0.0, 0.0, 0.0, 0, None
-    for start in range(0, n_rows, per_chunk):
-        chunk = np.ascontiguousarray(arr[start : start + per_chunk])
-        h.update(chunk.tobytes())
-        values = chunk.reshape(len(chunk), -1).astype(np.float64)
-        finite = np.isfinite(values).all(axis=1)
-        if not finite.all():
+    for start, chunk in _chunks(arr):
+        h.update(chunk)  # C-contiguous: hashed in place, no bytes copy
+        values = chunk.reshape(len(chunk), -1)
+        finite = _finite_rows(values)
+        if finite is not None:
             bad += int((~finite).sum())
             first_bad = first_bad if first_bad is not None else start + int(np.flatnonzero(~finite)[0])
             values = values[finite]
         if values.size:
-            with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-                count, mean, m2 = _welford(count, mean, m2, values)
-            peak = max(peak, float(np.abs(values).max()))
+            n, chunk_mean, chunk_m2, chunk_peak = _moments(values)
+            count, mean, m2 = _merge(count, mean, m2, n, chunk_mean, chunk_m2)
+            peak = max(peak, chunk_peak)
     std = float(np.sqrt(m2 / count)) if count else 0.0
     return DataStats(h.hexdigest(), std, peak, bad, first_bad)
 
 
-def _welford(count: int, mean: float, m2: float, values: np.ndarray) -> tuple[int, float, float]:
+def _rows_per_chunk(arr: np.ndarray) -> int:
+    # Sized by the float64 copy _moments makes, the largest thing a chunk costs.
+    per_row = max(1, int(np.prod(arr.shape[1:], dtype=np.int64)) * 8)
+    return max(1, _CHUNK_BYTES // per_row)
+
+
+def _chunks(arr: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """(first row, C-contiguous rows) over the array; a chunk is only valid until the next one."""
+    window = _file_window(arr)
+    if window is not None:
+        yield from _file_chunks(arr, *window)
+        return
+    per_chunk = _rows_per_chunk(arr)
+    for start in range(0, len(arr), per_chunk):
+        yield start, np.ascontiguousarray(arr[start : start + per_chunk])
+
+
+def _file_window(arr: np.ndarray) -> tuple[str, int] | None:
+    """(file name, byte offset of arr's first element) for a C-contiguous memory-mapped array.
+
+    Pages read through a map stay resident, and counted in RSS, until the map is closed, which the
+    caller still needs open; so the scan reads the same bytes from the file instead.
+    """
+    if not isinstance(arr, np.memmap) or not arr.filename or not arr.flags.c_contiguous or arr.size == 0:
+        return None
+    mapping: object = arr
+    while isinstance(mapping, np.ndarray):
+        mapping = mapping.base
+    if not isinstance(mapping, mmap.mmap):
+        return None
+    map_start = np.frombuffer(mapping, dtype=np.uint8, count=1).ctypes.data
+    # np.memmap maps from the allocation boundary below its offset (see numpy.memmap.__new__).
+    map_offset = arr.offset - arr.offset % mmap.ALLOCATIONGRANULARITY
+    return str(arr.filename), map_offset + (arr.ctypes.data - map_start)
+
+
+def _file_chunks(arr: np.ndarray, filename: str, offset: int) -> Iterator[tuple[int, np.ndarray]]:
+    per_chunk = _rows_per_chunk(arr)
+    row_bytes = arr[0].nbytes
+    buffer = bytearray(per_chunk * row_bytes)  # reused: one chunk's worth of memory in all
+    with open(filename, "rb") as f:
+        f.seek(offset)
+        for start in range(0, len(arr), per_chunk):
+            rows = min(per_chunk, len(arr) - start)
+            view = memoryview(buffer)[: rows * row_bytes]
+            if f.readinto(view) != len(view):
+                raise DataError(f"the data file {filename} ended early (truncated while being read?).",
+                                "check the file is complete and not being written to, then rerun")
+            yield start, np.frombuffer(view, dtype=arr.dtype).reshape(rows, *arr.shape[1:])
+
+
+def _finite_rows(values: np.ndarray) -> np.ndarray | None:
+    """Which rows are all finite, or None when all are (the common case costs one check)."""
+    if values.dtype.kind not in "fc":
+        return None  # integers and booleans are always finite
+    finite = np.isfinite(values).all(axis=1)
+    return None if finite.all() else finite
+
+
+def _moments(values: np.ndarray) -> tuple[int, float, float, float]:
+    """(count, mean, sum of squared deviations, peak magnitude) of a chunk, in float64."""
+    work = values.astype(np.float64).ravel()
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        peak = float(max(work.max(), -work.min()))
+        chunk_mean = float(work.mean())
+        work -= chunk_mean  # in place: no second copy
+        chunk_m2 = float(np.dot(work, work))
+    return work.size, chunk_mean, chunk_m2, peak
+
+
+def _merge(count: int, mean: float, m2: float, n: int, chunk_mean: float, chunk_m2: float) -> tuple[int, float, float]:
     """Merge a chunk into running (count, mean, sum of squared deviations): Chan et al.'s update."""
-    n = values.size
-    chunk_mean = float(values.mean())
-    chunk_m2 = float(((values - chunk_mean) ** 2).sum())
     total = count + n
     delta = chunk_mean - mean
     return total, mean + delta * n / total, m2 + chunk_m2 + delta * delta * count * n / total

@@ -109,7 +109,7 @@ def _strict_json(data: bytes, what: str) -> Any:
     which would let two readers see different content under one signature.
     """
     try:
-        return json.loads(
+        parsed = json.loads(
             data.decode("utf-8"),
             object_pairs_hook=_no_duplicate_keys,
             parse_constant=_no_constants,
@@ -119,6 +119,41 @@ def _strict_json(data: bytes, what: str) -> Any:
             f"{what} is not valid JSON: {exc}",
             fix=f"pass the {what} exactly as fimaudit wrote it",
         ) from exc
+    except RecursionError as exc:  # e.g. 100,000 nested '[': no report nests anywhere near that deep
+        raise SignatureError(
+            f"{what} is nested too deeply to be a fimaudit {what}.",
+            fix=f"pass the {what} exactly as fimaudit wrote it",
+        ) from exc
+    if has_lone_surrogate(parsed):
+        # JSON's \ud800 escapes decode to text that cannot be written back as UTF-8: the report
+        # would verify, then fail when rendered or re-signed. fimaudit never writes one.
+        raise SignatureError(
+            f"{what} holds a string with a lone surrogate escape (such as \\ud800), which is not valid Unicode.",
+            fix=f"pass the {what} exactly as fimaudit wrote it",
+        )
+    return parsed
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether any string (key or value) in parsed JSON holds an unpaired UTF-16 surrogate.
+
+    Iterative, so data nested as deeply as the parser allowed cannot overflow the stack here.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

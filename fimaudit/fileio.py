@@ -12,14 +12,22 @@ from fimaudit.errors import DataError, UsageError
 _CHUNK = 1 << 20
 
 
-def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
-    """Write data to a temporary file beside `path`, fsync it, then rename it into place."""
+NEW_FILE_MODE = 0o644
+
+
+def atomic_write(path: str | Path, data: bytes, mode: int | None = None) -> Path:
+    """Write data to a temporary file beside `path`, fsync it, then rename it into place.
+
+    Without `mode`, a file being replaced keeps its permission bits (a report someone made 0600
+    stays private when `sign` rewrites it) and a new file gets NEW_FILE_MODE.
+    """
     target = Path(path)
     refuse_special(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    chosen = _existing_mode(target) if mode is None else mode
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        os.fchmod(fd, mode)
+        os.fchmod(fd, NEW_FILE_MODE if chosen is None else chosen)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -30,6 +38,14 @@ def atomic_write(path: str | Path, data: bytes, mode: int = 0o644) -> Path:
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def _existing_mode(target: Path) -> int | None:
+    """Permission bits of the regular file at `target`, None when there is none to keep."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return None
 
 
 def refuse_special(path: str | Path, what: str = "output") -> None:

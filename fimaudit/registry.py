@@ -8,7 +8,8 @@ from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from fimaudit.errors import AdapterNotFoundError
-from fimaudit.model import ProbabilityModel
+from fimaudit.errors import FimauditError
+from fimaudit.model import ProbabilityModel, check_batch_independence, check_classes
 
 ENTRY_POINT_GROUP = "fimaudit.adapters"
 
@@ -88,7 +89,16 @@ def load_model(reference: str | Path, **options: Any) -> ProbabilityModel:
     `options` go to the adapter, e.g. `outputs="logits"`, `output_name=...`, `max_batch_size=...`.
     """
     ref = str(reference)
-    return adapter_for(ref).load(ref, **options)
+    model = adapter_for(ref).load(ref, **options)
+    try:
+        # Every adapter's model gets the same checks before an audit can trust it: a classifier
+        # (not a one-output regressor), and outputs that do not depend on batch neighbours.
+        check_classes(model.num_classes, model.output_kind)
+        check_batch_independence(model)
+    except FimauditError:
+        model.close()
+        raise
+    return model
 
 
 def model_files(path: Path) -> list[Path]:

@@ -2,6 +2,12 @@
 signers when known, two plots (inline SVG, no scripts, no network) and the per-sample table.
 
 Every string from the report is escaped: a model reference or policy text cannot inject markup.
+Bidirectional-text controls are shown as visible [U+XXXX] marks, so a reference cannot display
+reversed (".onnx" that is really "xnno."), and long strings are truncated and wrapped.
+
+A policy verdict is shown only after it is re-checked against the report with the code `verify`
+uses (fimaudit.attestation.content_problems): an unsigned predicate's "PASSED" that its own
+figures contradict is shown as CONTRADICTED, never as a pass.
 """
 from __future__ import annotations
 
@@ -9,11 +15,15 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from fimaudit.policy import PolicyResult
+from fimaudit.attestation import content_problems, summary_problems
+from fimaudit.policy import FIGURES, PolicyCheck, PolicyResult, compare, figure_value
 from fimaudit.report import AuditReport, SampleResult, Stats
 
 WIDTH, HEIGHT, MARGIN = 540, 320, 56
 MAX_ROWS = 1000  # the table lists this many samples; the plots show all of them
+MAX_TEXT = 300  # characters of any one string from the report; the JSON holds the rest
+# Embeddings, overrides and isolates (U+202A-202E, U+2066-2069), the LRM/RLM marks and Arabic letter mark.
+_BIDI = frozenset([0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A)])
 
 STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1140px;color:#222}
@@ -22,17 +32,29 @@ table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .pass{color:#17692d;font-weight:bold}.fail{color:#b00020;font-weight:bold}.note{color:#666}
 svg{border:1px solid #ddd;margin:0.5em 1em 0.5em 0}
+td,th,h1,h2,p{overflow-wrap:anywhere}
+.contradiction{border:2px solid #b00020;padding:0.5em 1em;background:#fff4f4}
 """
 
 
+def _text(value: object, limit: int = MAX_TEXT) -> str:
+    """`value` as safe HTML text: truncated to `limit` characters, bidi controls made visible, escaped."""
+    text = str(value)
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(text) - limit:,} more characters)"
+    return escape("".join(f"[U+{ord(c):04X}]" if ord(c) in _BIDI else c for c in text))
+
+
 def render_html(report: AuditReport, policy: PolicyResult | None = None, signers: Sequence[str] = ()) -> str:
-    """The page for `report`; `policy` and `signers` only when they were verified by the caller."""
+    """The page for `report`; `signers` only when the caller verified them. A `policy` verdict is
+    re-checked against `report` here, whoever passes it, and shown as contradicted if it does not hold."""
     parts = [
-        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fimaudit report: {escape(report.model.reference)}</title>",
+        f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fimaudit report: {_text(report.model.reference, 120)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>fimaudit report</h1>{_provenance(report, signers)}",
+        _summary_contradiction(report),
         f"<h2>Summary</h2>{_summary(report)}",
-        _policy(policy) if policy is not None else "",
+        _policy(policy, report) if policy is not None else "",
         "<h2>Plots</h2>",
         _scatter(report.samples),
         _histogram([s.epsilon_tau for s in report.samples if s.epsilon_tau is not None], report.config.tau),
@@ -43,7 +65,7 @@ def render_html(report: AuditReport, policy: PolicyResult | None = None, signers
 
 
 def _rows(pairs: Sequence[tuple[str, str]]) -> str:
-    return "<table class='meta'>" + "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in pairs) + "</table>"
+    return "<table class='meta'>" + "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in pairs) + "</table>"
 
 
 def _provenance(report: AuditReport, signers: Sequence[str]) -> str:
@@ -70,9 +92,9 @@ def _summary(report: AuditReport) -> str:
     head = "<tr><th>figure</th>" + "".join(f"<th>{c}</th>" for c in ("median", "p90", "p99", "min", "max")) + "</tr>"
 
     def line(name: str, st: Stats) -> str:
-        return f"<tr><td>{escape(name)}</td>" + "".join(f"<td>{_fmt(getattr(st, c))}</td>" for c in ("median", "p90", "p99", "min", "max")) + "</tr>"
+        return f"<tr><td>{_text(name)}</td>" + "".join(f"<td>{_fmt(getattr(st, c))}</td>" for c in ("median", "p90", "p99", "min", "max")) + "</tr>"
 
-    flags = ", ".join(f"{escape(k)}: {v}" for k, v in s.flags.items()) or "none"
+    flags = ", ".join(f"{_text(k)}: {v}" for k, v in s.flags.items()) or "none"
     return (
         f"<table>{head}{line('lambda_max', s.lambda_max)}{line(f'epsilon_tau (tau = {report.config.tau:g})', s.epsilon_tau)}</table>"
         f"<p>{s.n} inputs, {s.queries:,} queries in {s.wall_seconds:.2f} s. Flags: {flags}.</p>"
@@ -81,14 +103,47 @@ def _summary(report: AuditReport) -> str:
     )
 
 
-def _policy(policy: PolicyResult) -> str:
-    verdict = "<span class='pass'>PASSED</span>" if policy.passed else "<span class='fail'>FAILED</span>"
+def _summary_contradiction(report: AuditReport) -> str:
+    problems = summary_problems(report)
+    if not problems:
+        return ""
+    warning = ("This report contradicts itself: its summary does not match its own samples. "
+               "Do not rely on its summary figures or on any verdict drawn from them.")
+    return f"<div class='contradiction'><p class='fail'>{warning}</p>{_problem_list(problems)}</div>"
+
+
+def _problem_list(problems: list[str]) -> str:
+    return "<ul>" + "".join(f"<li>{_text(p)}</li>" for p in problems) + "</ul>"
+
+
+def _recheck(check: PolicyCheck, report: AuditReport) -> bool | None:
+    """The check's outcome on this report's own figures; None for a figure fimaudit does not know."""
+    if check.figure not in FIGURES:
+        return None
+    return compare(check.figure, figure_value(report.summary, check.figure), check.comparator, check.threshold)
+
+
+def _outcome(result: bool | None) -> str:
+    if result is None:
+        return "<td class='fail'>unknown figure</td>"
+    return f"<td class='{'pass' if result else 'fail'}'>{'ok' if result else 'FAIL'}</td>"
+
+
+def _policy(policy: PolicyResult, report: AuditReport) -> str:
+    problems = content_problems(report, policy)
+    recorded = "PASSED" if policy.passed else "FAILED"
+    if problems:
+        verdict = f"<span class='fail'>CONTRADICTED</span> (recorded as {recorded}; the report's own figures disagree)"
+    else:
+        verdict = "<span class='pass'>PASSED</span>" if policy.passed else "<span class='fail'>FAILED</span>"
     rows = "".join(
-        f"<tr><td>{escape(c.figure)}</td><td>{escape(c.comparator)} {c.threshold:g}</td><td>{_fmt(c.measured)}</td>"
-        f"<td class='{'pass' if c.passed else 'fail'}'>{'ok' if c.passed else 'FAIL'}</td></tr>"
+        f"<tr><td>{_text(c.figure)}</td><td>{_text(c.comparator)} {c.threshold:g}</td><td>{_fmt(c.measured)}</td>"
+        f"{_outcome(c.passed)}{_outcome(_recheck(c, report))}</tr>"
         for c in policy.checks
     )
-    return f"<h2>Policy {escape(policy.source)}: {verdict}</h2><table><tr><th>figure</th><th>check</th><th>measured</th><th>result</th></tr>{rows}</table>"
+    head = "<tr><th>figure</th><th>check</th><th>measured (recorded)</th><th>result (recorded)</th><th>result (re-checked)</th></tr>"
+    warning = f"<div class='contradiction'>{_problem_list(problems)}</div>" if problems else ""
+    return f"<h2>Policy {_text(policy.source)}: {verdict}</h2>{warning}<table>{head}{rows}</table>"
 
 
 def _samples(samples: list[SampleResult]) -> str:
@@ -96,7 +151,7 @@ def _samples(samples: list[SampleResult]) -> str:
     rows = "".join(
         f"<tr><td>{s.index}</td><td>{s.predicted_class}</td><td>{s.confidence:.4f}</td><td>{_fmt(s.lambda_max)}</td>"
         f"<td>[{_fmt(s.lambda_max_ci[0])}, {_fmt(s.lambda_max_ci[1])}]</td><td>{_fmt(s.epsilon_tau)}</td>"
-        f"<td>{escape(s.method)}</td><td>{escape(', '.join(s.flags))}</td></tr>"
+        f"<td>{_text(s.method)}</td><td>{_text(', '.join(s.flags))}</td></tr>"
         for s in samples[:MAX_ROWS]
     )
     more = f"<p class='note'>First {MAX_ROWS} of {len(samples)} samples; the JSON report holds all.</p>" if len(samples) > MAX_ROWS else ""

@@ -31,7 +31,7 @@ class ModelInfo(_Model):
     input_dtype: str
     classes: int
     provider: str | None = Field(description="Execution provider or server that ran the model.")
-    output_kind: Literal["probabilities", "logits"] = Field(
+    output_kind: Literal["probabilities", "logits", "sigmoid"] = Field(
         description="What the model outputs; logits are softmaxed in float64 by fimaudit."
     )
     extra: dict[str, str] = Field(default_factory=dict)
@@ -91,6 +91,7 @@ class SampleResult(_Model):
     flags: list[str] = Field(
         description="What limited the measurement: nondeterministic, quantized_outputs, saturated, "
         "zero_probabilities, below_resolution (then lambda_max is that level, an upper bound), "
+        "batch_dependent (the model's outputs depended on the rest of the batch: queried one input per request), "
         "step_unconverged (no two successive steps agreed: the interval is widened by their disagreement), "
         "step_nonlocal (the step's L2 norm exceeds epsilon_tau / 10), nondifferentiable (the one-sided difference "
         "quotients disagree at every step: max-pool ties or ReLUs at exactly 0; lambda_max is then that of the "

@@ -17,7 +17,7 @@ from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
 from fimaudit.journal import Journal, JournalLock
-from fimaudit.model import ProbabilityModel
+from fimaudit.model import ProbabilityModel, check_batch_independence
 from fimaudit.report import (
     AuditConfig,
     AuditReport,
@@ -77,6 +77,7 @@ def audit(
     `journal_lock` is the journal's lock when the caller already holds it.
     """
     _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency)
+    check_batch_independence(model)  # load_model probes too; a model built in code is probed here
     exact_fisher = _white_box_function(model) if white_box else None
     arr, stats = check_inputs(x, model.input_spec)
     scale = input_scale(stats)  # over all the data, so --limit never changes a sample's numbers
@@ -135,9 +136,10 @@ def _run(
     engine = QueryEngine(model, concurrency=concurrency)
     results = dict(resumed)
     active = _max_active(engine, arr, cfg, model.num_classes)
+    model_flags = model_wide_flags(model)
 
     def done(index: int, est: SampleEstimate) -> None:
-        result = _sample_result(index, est, tau)
+        result = _sample_result(index, est, tau, model_flags)
         if book is not None:
             book.commit(result)  # durable before it counts
         results[index] = result
@@ -178,9 +180,10 @@ def _recheck(
     """
     chosen = random.SystemRandom().sample(sorted(journaled), recheck_count(len(journaled)))
     again: dict[int, SampleResult] = {}
+    model_flags = model_wide_flags(engine.model)
 
     def done(index: int, est: SampleEstimate) -> None:
-        again[index] = _sample_result(index, est, tau)
+        again[index] = _sample_result(index, est, tau, model_flags)
 
     engine.run(((i, estimate_sample(arr[i], i, cfg)) for i in chosen), done, max_active=max_active)
     for i in chosen:
@@ -228,7 +231,12 @@ def _max_active(engine: QueryEngine, arr: np.ndarray, cfg: EstimatorConfig, clas
     return int(max(2, min(256, IN_FLIGHT_BYTES // sample_memory(d, classes, cfg))))
 
 
-def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:
+def model_wide_flags(model: ProbabilityModel) -> list[str]:
+    """Flags that hold for every sample of this model (found when it was loaded)."""
+    return ["batch_dependent"] if getattr(model, "batch_dependent", False) else []
+
+
+def _sample_result(index: int, est: SampleEstimate, tau: float, model_flags: list[str]) -> SampleResult:
     eps = math.sqrt(2 * tau / est.lambda_max) if est.lambda_max > 0 else None
     return SampleResult(
         index=index,
@@ -247,7 +255,7 @@ def _sample_result(index: int, est: SampleEstimate, tau: float) -> SampleResult:
         directions=est.directions,
         directions_kind=est.directions_kind,
         lambda_max_resolution=est.resolution,
-        flags=list(est.flags),
+        flags=list(est.flags) + model_flags,
         step=est.step.step,
         step_norm=est.step_norm,
         step_error=est.step.error if math.isfinite(est.step.error) else None,

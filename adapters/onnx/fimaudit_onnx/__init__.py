@@ -10,7 +10,7 @@ import numpy as np
 from fimaudit.errors import ModelError, UsageError
 from fimaudit.fileio import file_sha256, manifest_sha256
 from fimaudit.model import (
-    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_inputs, run_in_fixed_batches,
+    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, output_form, probe_inputs, run_in_fixed_batches,
 )
 from fimaudit.registry import SimpleAdapter
 
@@ -20,6 +20,9 @@ _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(floa
 # Keep one batch of float32 inputs near this size when the batch axis is dynamic.
 _BATCH_BYTES = 64 * 2**20
 _MAX_DYNAMIC_BATCH = 1024
+# Refuse one input larger than this: probing and perturbing it needs several copies in memory, and
+# a declared shape like [N, 1000000, 1000000] (4 TB an input) is a broken export, not a model to audit.
+_MAX_INPUT_BYTES = 2**30
 
 
 class OnnxModel(ProbabilityModel):
@@ -45,9 +48,9 @@ class OnnxModel(ProbabilityModel):
         self._output = _pick_output(self._session, output_name)
         self.input_spec, self._fixed_batch = _input_spec(self._input)
         self.output_dtype = _DTYPES.get(self._output.type, "float32")
+        self.fixed_batch_size = self._fixed_batch
         self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
-        self.num_classes = self._classes()
-        self.output_kind = outputs or self._detect_kind()
+        self.num_classes, self.output_kind = output_form(self._width(), outputs or self._softmax_head(), self._probe)
         self._sha256 = _files_sha256(self._files)
 
     @property
@@ -81,9 +84,16 @@ class OnnxModel(ProbabilityModel):
         return np.asarray(out)
 
     def _probe(self, n: int = 4) -> np.ndarray:
-        return np.asarray(self._raw_predict(probe_inputs(self.input_spec, n)))
+        try:
+            return np.asarray(self._raw_predict(probe_inputs(self.input_spec, n)))
+        except MemoryError as exc:  # inputs under _MAX_INPUT_BYTES can still outgrow a small machine
+            raise ModelError(
+                f"out of memory probing {self.path} with {n} input(s) of shape {list(self.input_spec.shape)} ({self.input_spec.dtype}).",
+                "check the model's declared input shape, or audit on a machine with more memory",
+            ) from exc
 
-    def _classes(self) -> int:
+    def _width(self) -> int:
+        """Columns of the chosen output: classes, or 1 for a one-output (sigmoid) model."""
         dims = self._output.shape
         if len(dims) == 2 and isinstance(dims[1], int) and dims[1] > 0:
             return int(dims[1])
@@ -95,10 +105,9 @@ class OnnxModel(ProbabilityModel):
             )
         return int(out.shape[1])
 
-    def _detect_kind(self) -> OutputKind:
-        if _producer_op(self.path, self._output.name) == "Softmax":
-            return "probabilities"
-        return "probabilities" if looks_like_probabilities(self._probe()) else "logits"
+    def _softmax_head(self) -> OutputKind | None:
+        """"probabilities" when a Softmax node produces the output; None leaves it to the probe."""
+        return "probabilities" if _producer_op(self.path, self._output.name) == "Softmax" else None
 
 
 def _open_session(path: Path, providers: list[str] | None) -> Any:
@@ -168,7 +177,21 @@ def _input_spec(item: Any) -> tuple[InputSpec, int | None]:
             "export the model with a fixed input shape (only the batch axis may be dynamic)",
         )
     fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
+    _check_input_size(item.name, dims, dtype)
     return InputSpec(shape=tuple(int(v) for v in rest), dtype=dtype), fixed
+
+
+def _check_input_size(name: str, dims: list[Any], dtype: str) -> None:
+    # Python ints: the product of huge declared sizes must not overflow as numpy's would.
+    size = np.dtype(dtype).itemsize
+    for v in dims[1:]:
+        size *= int(v)
+    if size > _MAX_INPUT_BYTES:
+        raise ModelError(
+            f"the input '{name}' declares shape {dims}: one input would take {size:.3g} bytes of {dtype}, "
+            f"more than the {_MAX_INPUT_BYTES // 2**20} MiB fimaudit can probe and perturb.",
+            "check the model's declared input shape (re-export it with the real input size)",
+        )
 
 
 def _dynamic_batch(spec: InputSpec) -> int:

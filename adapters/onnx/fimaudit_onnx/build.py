@@ -25,7 +25,7 @@ OPSET: int = 17
 IR_VERSION: int = 8
 
 _ACTIVATIONS: dict[str, str] = {"relu": "Relu", "tanh": "Tanh"}
-_OUTPUTS: tuple[str, ...] = ("probabilities", "logits")
+_OUTPUTS: tuple[str, ...] = ("probabilities", "logits", "sigmoid")
 _INPUT_NAME: str = "input"
 
 
@@ -120,7 +120,8 @@ def mlp_to_onnx(
     """Export an MLP given scikit-learn-style weights (weights[l] is (in, out)).
 
     Hidden layers apply `activation`; the last layer is linear, followed by
-    Softmax over classes when output == "probabilities". The graph input
+    Softmax over classes when output == "probabilities", or Sigmoid (one output:
+    the probability of class 1) when output == "sigmoid". The graph input
     "input" has shape [batch or "N", *input_shape] and is flattened first.
     """
     if activation not in _ACTIVATIONS:
@@ -139,6 +140,8 @@ def mlp_to_onnx(
         nodes.append(
             helper.make_node("Softmax", [logits_name], [output], axis=-1, name="Softmax")
         )
+    if output == "sigmoid":
+        nodes.append(helper.make_node("Sigmoid", [logits_name], [output], name="Sigmoid"))
 
     batch_dim: int | str = "N" if batch is None else int(batch)
     graph = helper.make_graph(

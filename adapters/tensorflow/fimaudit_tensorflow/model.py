@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from fimaudit.errors import ModelError, UsageError  # noqa: E402
-from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_outputs, run_in_fixed_batches  # noqa: E402
+from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, detect_output_kind, probe_outputs, run_in_fixed_batches  # noqa: E402
 from fimaudit_tensorflow.manifest import directory_digest  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
@@ -50,11 +50,12 @@ class SavedModel(ProbabilityModel):
         self._input, spec = _pick_input(self._fn, input_name)
         self._output, out_spec = _pick_output(self._fn, output_name)
         self.input_spec, self._fixed_batch = _input_spec(self._input, spec)
+        self.fixed_batch_size = self._fixed_batch
         self.output_dtype = _DTYPES.get(out_spec.dtype, "float32")
         self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
         probe = self._probe()
         self.num_classes = int(probe.shape[1])
-        self.output_kind: OutputKind = outputs or ("probabilities" if looks_like_probabilities(probe) else "logits")
+        self.output_kind: OutputKind = outputs or detect_output_kind(probe)
         self._sha256, self._files = directory_digest(self.path)
 
     def _raw_predict(self, batch: np.ndarray) -> np.ndarray:

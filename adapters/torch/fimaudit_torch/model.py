@@ -14,7 +14,7 @@ import torch
 
 from fimaudit.errors import ModelError, OutputError, UsageError
 from fimaudit.model import (
-    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, probe_outputs, run_in_fixed_batches,
+    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, detect_output_kind, probe_outputs, run_in_fixed_batches,
 )
 from fimaudit_torch import files
 from fimaudit_torch.bound import relu_network_bound
@@ -63,12 +63,13 @@ class TorchModel(ProbabilityModel):
         self._dtype = input_dtype or _parameter_dtype(self._module)
         self._output_name = output_name
         self._fixed_batch = fixed_batch
+        self.fixed_batch_size = fixed_batch
         self.input_spec = InputSpec(shape=tuple(int(v) for v in input_shape), dtype=_DTYPES.get(self._dtype, "float32"))
         self.max_batch_size = fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
         probe = self._probe()
         self.num_classes = int(probe.shape[1])
         self.output_dtype = str(probe.dtype) if probe.dtype in (np.float16, np.float64) else "float32"
-        self.output_kind: OutputKind = outputs or ("probabilities" if looks_like_probabilities(probe) else "logits")
+        self.output_kind: OutputKind = outputs or detect_output_kind(probe)
         self._reference, self._sha256, self._source = reference, sha256, source
         self._module64: tuple[torch.nn.Module, bool] | None = None
 

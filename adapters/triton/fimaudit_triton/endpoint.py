@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
@@ -25,6 +26,12 @@ SCHEMES: dict[str, tuple[Protocol, bool, int]] = {
 HEADER_ENV = "FIMAUDIT_TRITON_HEADERS"
 
 _URL_FORM = "triton[+grpc|+https|+grpcs]://HOST[:PORT]/MODEL[/VERSION]"
+
+# What replaces a secret (a header value, a URL's password) in every message fimaudit prints.
+REDACTED = "***"
+# The password of `scheme://user:password@host`: from the first ':' of the userinfo to the last '@'
+# before the path, so a password holding '@' or ':' is still covered whole.
+_URL_PASSWORD = re.compile(r"(//[^/:@?#]*:)[^/?#]*@")
 
 
 @dataclass(frozen=True)
@@ -77,8 +84,14 @@ def parse_url(reference: str) -> Endpoint:
     return Endpoint(protocol, ssl, parts.hostname, int(port), segments[0], version, scheme)
 
 
+def redact_url(reference: str) -> str:
+    """`reference` with the password of any `user:password@` replaced by "***"."""
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", reference)
+
+
 def _bad(reference: str, why: str, fix: str = "") -> None:
-    raise UsageError(f"the Triton URL '{reference}' is not usable: {why}.", fix or f"write it as {_URL_FORM}")
+    # Every refusal repeats the URL; a password in it must not reach the terminal or a CI log.
+    raise UsageError(f"the Triton URL '{redact_url(reference)}' is not usable: {why}.", fix or f"write it as {_URL_FORM}")
 
 
 def headers_from_env(variable: str = HEADER_ENV) -> dict[str, str]:

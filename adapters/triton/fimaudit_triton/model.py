@@ -12,7 +12,7 @@ import numpy as np
 from fimaudit.engine import TransientQueryError
 from fimaudit.errors import ModelError, UsageError
 from fimaudit.model import (
-    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, looks_like_probabilities, run_in_fixed_batches, to_probabilities,
+    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, detect_output_kind, run_in_fixed_batches, to_probabilities,
 )
 
 from fimaudit_triton import fingerprint
@@ -88,9 +88,12 @@ class TritonModel(ProbabilityModel):
         self.output_dtype = _DTYPES.get(self._output.datatype, "float32")
         server_max = self._config.max_batch_size if self._config is not None else 0
         shape, self._fixed_batch = _split_batch(self._input, server_max, self._where)
+        self.fixed_batch_size = self._fixed_batch
         self.input_spec = InputSpec(shape=shape, dtype=dtype)
         self.max_batch_size = _batch_size(server_max, self._fixed_batch, max_batch_size)
         self.num_classes = _classes(self._output)
+        # From here on, answers are capped by what this output can be (see transport.output_cap).
+        self._transport.expect_output(self.max_batch_size, self.num_classes)
 
     def _server_metadata(self) -> dict[str, Any]:
         """The first call: the one that tells an unreachable server from a missing model."""
@@ -132,13 +135,14 @@ class TritonModel(ProbabilityModel):
         raw = self._with_retries(lambda: self._query(probes))
         if self.num_classes == -1 and raw.ndim == 2:
             self.num_classes = int(raw.shape[1])
+            self._transport.expect_output(self.max_batch_size, self.num_classes)  # tighten the open cap
         if raw.ndim != 2 or self.num_classes < 2:
             raise ModelError(
                 f"{self._where} output '{self._output.name}' gave shape {raw.shape} for {len(probes)} inputs; "
                 "a classifier output is (batch, classes).",
                 "name the class-score output with output_name= (CLI: --output NAME)",
             )
-        self.output_kind = outputs or ("probabilities" if looks_like_probabilities(raw) else "logits")
+        self.output_kind = outputs or detect_output_kind(raw)
         probabilities = to_probabilities(raw, len(probes), self.num_classes, self.output_kind)
         self._fingerprint = fingerprint.encode(self.input_spec, probes, probabilities)
 
