@@ -115,7 +115,9 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "`benchmarks/real_models.py` (issue 12). Exact λ_max from each framework's autograd; fimaudit's",
         "black-box estimate through the file a user audits (ONNX Runtime or a SavedModel), seed 0.",
-        "`new`: the default per-sample step; `old`: the fixed step of earlier releases, 1e-2 × the data's std.",
+        "`new`: the default per-sample step; `old`: the fixed step of earlier releases, 1e-2 × the data's std,",
+        "given to today's code: the same directions, so the same estimate earlier releases printed, but today's",
+        "interval, which checks that step, flags it (`step_nonlocal`, `step_unconverged`) and widens accordingly.",
         f"Targets: median ≤ 1.1·0.674·√(2/k) ({100 * target_median(256):.2f}% at k = 256, "
         f"{100 * target_median(1024):.2f}% at k = 1024); no input worse than 25% at k = 1024; coverage ≥ 93% pooled.",
         "",
