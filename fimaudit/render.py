@@ -17,7 +17,7 @@ from html import escape
 
 from fimaudit.attestation import content_problems, summary_problems
 from fimaudit.policy import FIGURES, PolicyCheck, PolicyResult, compare, figure_value
-from fimaudit.report import AuditReport, SampleResult, Stats
+from fimaudit.report import AuditConfig, AuditReport, SampleResult, Stats
 
 WIDTH, HEIGHT, MARGIN = 540, 320, 56
 MAX_ROWS = 1000  # the table lists this many samples; the plots show all of them
@@ -76,7 +76,7 @@ def _provenance(report: AuditReport, signers: Sequence[str]) -> str:
         ("adapter / provider", f"{m.adapter} / {m.provider or '-'}"),
         ("input", f"{m.input_shape} {m.input_dtype}, {m.classes} classes, outputs {m.output_kind}"),
         ("data", f"{d.source or '-'}: shape {d.shape}, {d.dtype}, sha256 {d.sha256}"),
-        ("method", f"{c.estimator}, {c.directions} directions, {c.scheme} differences, step {c.step:.3g}, "
+        ("method", f"{c.estimator}, {c.directions} directions, {c.scheme} differences, {_step_rule(c)}, "
                    f"{c.confidence:.0%} interval: {c.interval_method}"),
         ("tool", f"{report.tool.name} {report.tool.version}"), ("signed by", signed),
         *[(f"identity: {k}", v) for k, v in sorted(m.extra.items()) if k != "fingerprint"],
@@ -146,11 +146,23 @@ def _policy(policy: PolicyResult, report: AuditReport) -> str:
     return f"<h2>Policy {_text(policy.source)}: {verdict}</h2>{warning}<table>{head}{rows}</table>"
 
 
+def _step_rule(c: AuditConfig) -> str:
+    """Reports before 1.1 had one step for every input; since, each input records its own."""
+    if c.step_rule is None:
+        return f"step {c.step:.3g}"
+    if c.step_rule.startswith("fixed"):
+        return f"step {c.step:.3g} given (checked per input)"
+    return f"step chosen per input (search from {c.step:.3g})"
+
+
 def _samples(samples: list[SampleResult]) -> str:
-    head = "".join(f"<th>{h}</th>" for h in ("index", "class", "confidence", "λ_max", "interval", "ε_τ", "method", "flags"))
+    head = "".join(
+        f"<th>{h}</th>" for h in ("index", "class", "confidence", "λ_max", "interval", "ε_τ", "step (L2)", "method", "flags")
+    )
     rows = "".join(
         f"<tr><td>{s.index}</td><td>{s.predicted_class}</td><td>{s.confidence:.4f}</td><td>{_fmt(s.lambda_max)}</td>"
         f"<td>[{_fmt(s.lambda_max_ci[0])}, {_fmt(s.lambda_max_ci[1])}]</td><td>{_fmt(s.epsilon_tau)}</td>"
+        f"<td>{'-' if s.step_norm is None else _fmt(s.step_norm)}</td>"
         f"<td>{_text(s.method)}</td><td>{_text(', '.join(s.flags))}</td></tr>"
         for s in samples[:MAX_ROWS]
     )
