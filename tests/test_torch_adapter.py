@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 # Skipped only where torch itself is absent; a broken adapter must fail, not skip.
 torch = pytest.importorskip("torch", reason="torch is installed by adapters/torch/install.sh")
@@ -440,3 +442,45 @@ def test_white_box_refused_for_a_black_box_adapter(tmp_path: Path) -> None:
     onnx_model = fimaudit.load_model(Path(__file__).resolve().parents[1] / "examples" / "digits.onnx")
     with pytest.raises(fimaudit.UsageError, match="white-box mode needs a model with gradients"):
         fimaudit.audit(onnx_model, np.zeros((1, 1, 8, 8), np.float32), white_box=True)
+
+
+_member_names = st.sampled_from(["extra/blob.bin", "data/constants/opaque_obj_3", "data/sample_inputs/x.pkl", "notes.pickle", "x/y/z"])
+_protocols = st.integers(min_value=2, max_value=5)
+_configs = st.recursive(
+    st.one_of(st.booleans(), st.integers(-2, 2), st.text(max_size=4)),
+    lambda inner: st.dictionaries(st.sampled_from(["use_pickle", "a", "config", "path_name"]), inner, max_size=3)
+    | st.lists(inner, max_size=3),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    member=_member_names, protocol=_protocols, config=_configs, suffix=st.sampled_from([".pt2", ".pt", ".pth"]),
+    as_constant=st.booleans(), flag=st.sampled_from([True, False, 1, "yes", None]),
+    prefix=st.sampled_from(["opaque_obj_", "custom_obj_", "constant_"]),
+)
+def test_generated_hostile_archives_never_run_code(
+    member: str, protocol: int, config: object, suffix: str, as_constant: bool, flag: object, prefix: str,
+    tmp_path_factory: pytest.TempPathFactory, files: dict[str, Path],
+) -> None:
+    """Archives generated around a real torch.export file: a pickled payload added under a random
+    member name and protocol, or as a constant whose config entry carries a random use_pickle flag
+    and name prefix (torch unpickles opaque constants), beside a random JSON document that may carry
+    use_pickle anywhere. Loading either refuses with a ModelError or succeeds; the payload never runs."""
+    root = tmp_path_factory.mktemp("hostile")
+    marker = root / "code-ran"
+    payload = pickle.dumps(Payload(marker), protocol=protocol)
+    doc = json.dumps({"doc": config}).encode()
+    if as_constant:
+        entry = {"path_name": f"{prefix}0", "is_param": False, "use_pickle": flag, "tensor_meta": None}
+        edit = _add_constant(entry, f"{prefix}0", payload)
+    else:
+        edit = _add_member(member, payload)
+    step = _rewrite_pt2(files["export"], root / "a.pt2", edit)
+    evil = _rewrite_pt2(step, root / f"b{suffix}", _add_member("extra/generated.json", doc))
+    try:
+        fimaudit.load_model(evil).close()
+    except fimaudit.ModelError as exc:
+        assert exc.fix  # a refusal names the member and says what to do
+    assert not marker.exists()
