@@ -25,3 +25,10 @@ class ZooEntry:
     input_names: list[str] = field(default_factory=list)  # what each input is (file, photo name)
     notes: str = ""           # preprocessing, output kind, exact method, output agreement model vs autograd copy
     load_options: dict[str, object] = field(default_factory=dict)  # extra kwargs for fimaudit.load_model
+
+
+def cache_files(cache: Path, name: str, **extra: str) -> dict[str, Path]:
+    """The files an entry keeps under cache/<name>/: the model, inputs, exact values, metadata, and `extra`."""
+    folder = Path(cache) / name
+    names = dict(onnx="model.onnx", inputs="inputs.npy", exact="exact_lambda.npy", meta="meta.json", **extra)
+    return {key: folder / file for key, file in names.items()}

@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 try:
-    from benchmarks.zoo_common import CACHE, ZooEntry
+    from benchmarks.zoo_common import CACHE, ZooEntry, cache_files
 except ImportError:  # run as a script from benchmarks/
-    from zoo_common import CACHE, ZooEntry  # type: ignore[no-redef]
+    from zoo_common import CACHE, ZooEntry, cache_files  # type: ignore[no-redef]
 
 NAME = "efficientnet-lite1"
 SIZE = 240
@@ -218,8 +218,7 @@ def onnx_logits(path: Path, inputs: np.ndarray) -> np.ndarray:
 
 def prepare(cache: Path = CACHE, log=print) -> ZooEntry:
     folder = Path(cache) / NAME
-    files = {k: folder / v for k, v in dict(onnx="model.onnx", inputs="inputs.npy",
-                                            exact="exact_lambda.npy", meta="meta.json").items()}
+    files = cache_files(cache, NAME)
     if not all(f.is_file() for f in files.values()):
         folder.mkdir(parents=True, exist_ok=True)
         net = load_torch_model()

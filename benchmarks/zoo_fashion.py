@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 try:
-    from benchmarks.zoo_common import CACHE, ZooEntry
+    from benchmarks.zoo_common import CACHE, ZooEntry, cache_files
     from benchmarks.robust_zoo import FASHION_DIR, _read_idx
 except ImportError:  # run as a script from benchmarks/
-    from zoo_common import CACHE, ZooEntry  # type: ignore[no-redef]
+    from zoo_common import CACHE, ZooEntry, cache_files  # type: ignore[no-redef]
     from robust_zoo import FASHION_DIR, _read_idx  # type: ignore[no-redef]
 
 RELU_NAME = "fashion-cnn-relu-maxpool"
@@ -173,8 +173,7 @@ def onnx_agreement(path: Path, net: nn.Module, inputs: np.ndarray) -> float:
 
 def prepare(kind: str, name: str, cache: Path = CACHE, log=print) -> ZooEntry:
     folder = Path(cache) / name
-    files = {k: folder / v for k, v in
-             dict(weights="weights.pt", onnx="model.onnx", inputs="inputs.npy", exact="exact_lambda.npy", meta="meta.json").items()}
+    files = cache_files(cache, name, weights="weights.pt")
     if not all(p.is_file() for p in files.values()):
         folder.mkdir(parents=True, exist_ok=True)
         x_tr, y_tr, x_te, y_te = load_fashion_images()
