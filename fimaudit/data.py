@@ -4,25 +4,47 @@ from __future__ import annotations
 import hashlib
 import mmap
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from fimaudit.errors import DataError
-from fimaudit.images import load_image_folder
+from fimaudit.images import SkippedFile, read_image_folder
 from fimaudit.model import InputSpec
 
 # Bounds one chunk's float64 working copy: a scan's memory stays a few MiB whatever the file's size.
 _CHUNK_BYTES = 4 * 2**20
 
 
-def load_inputs(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
-    """Read inputs from .npy, .npz (array 'x' or the only array), .csv (one input a row) or a
-    folder of images (float32 in [0, 1], arranged to `shape`, the model's input shape)."""
+@dataclass(frozen=True)
+class InputSet:
+    """Inputs as read from --data, with the files they came from when that was an image folder."""
+
+    x: np.ndarray
+    names: list[str] | None = None  # names[i]: the file of input i (image folders); None for array files
+    skipped: list[SkippedFile] = field(default_factory=list)  # unreadable images left out by skip_unreadable
+
+
+def load_inputs(path: str | Path, shape: tuple[int, ...] | None = None, *, skip_unreadable: bool = False) -> np.ndarray:
+    """Read inputs from .npy, .npz (array 'x' or the only array), .csv (one input a row, or one
+    flattened input a row) or a folder of images (float32 in [0, 1], arranged to `shape`, the
+    model's input shape, channels converted to the model's)."""
+    return load_input_set(path, shape, skip_unreadable=skip_unreadable).x
+
+
+def load_input_set(path: str | Path, shape: tuple[int, ...] | None = None, *, skip_unreadable: bool = False) -> InputSet:
+    """load_inputs, keeping which file each input came from and which unreadable images
+    skip_unreadable left out (it has no effect on array files, which are read whole or not at all)."""
     p = Path(path)
     if p.is_dir():
-        return load_image_folder(p, shape)
+        folder = read_image_folder(p, shape, skip_unreadable=skip_unreadable)
+        return InputSet(folder.pixels, folder.names, folder.skipped)
+    x = _load_array_file(p)
+    return InputSet(x if shape is None else fit_to_spec(x, InputSpec(tuple(shape))))
+
+
+def _load_array_file(p: Path) -> np.ndarray:
     if not p.is_file():
         raise DataError(f"the data file {p} does not exist.", "pass --data PATH to an existing .npy, .npz or .csv file or an image folder")
     suffix = p.suffix.lower()
@@ -60,9 +82,9 @@ def _from_csv(p: Path) -> np.ndarray:
 def _is_header(line: str) -> bool:
     """A first row with a field that is not a number ('nan' and 'inf' are numbers: such rows are
     data, and check_inputs reports them, rather than being dropped as a header)."""
-    for field in line.strip().split(","):
+    for value in line.strip().split(","):
         try:
-            float(field)
+            float(value)
         except ValueError:
             return bool(line.strip())
     return False
@@ -107,6 +129,22 @@ class DataStats:
     peak: float
     bad_rows: int
     first_bad: int | None
+
+
+def fit_to_spec(arr: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """`arr` as (n, *spec.shape) when it holds one flattened input a row, as a CSV file or an .npy
+    of shape (n, d) does, and d is the model's input size; otherwise `arr` as it is.
+
+    A row is the input flattened in C order in the model's own layout (x.reshape(len(x), -1)):
+    reshaped in C order, the bytes and so the data's digest are those of the shaped array.
+    For files only (load_inputs with a shape, the CLI): check_inputs keeps refusing a flattened
+    array passed to the SDK, whose caller has numpy at hand and gets the reshape in the error,
+    where a CSV file has no way to hold anything but rows.
+    """
+    shape = tuple(spec.shape)
+    if arr.ndim == 2 and arr.shape[1:] != shape and arr.shape[1] == spec.size:
+        return arr.reshape(len(arr), *shape)
+    return arr
 
 
 def scan(arr: np.ndarray) -> DataStats:
@@ -211,12 +249,22 @@ def _merge(count: int, mean: float, m2: float, n: int, chunk_mean: float, chunk_
     return total, mean + delta * n / total, m2 + chunk_m2 + delta * delta * count * n / total
 
 
+def _flat_rows_of_another_size(got: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    return len(got) == 2 and len(want) > 1 and got[1] != int(np.prod(want))
+
+
 def _shape_message(got: tuple[int, ...], want: tuple[int, ...]) -> str:
+    d = int(np.prod(want))
+    if _flat_rows_of_another_size(got, want):
+        return (f"the inputs have shape {got}: rows of {got[1]} values, but the model takes inputs of shape "
+                f"(n, {', '.join(map(str, want))}), {d} values each.")
     return f"the inputs have shape {got}, but the model takes inputs of shape (n, {', '.join(map(str, want))})."
 
 
 def _shape_fix(got: tuple[int, ...], want: tuple[int, ...]) -> str:
     d = int(np.prod(want))
+    if _flat_rows_of_another_size(got, want):
+        return f"pass one input flattened to {d} values a row (x.reshape(len(x), -1)), or an array of shape (n, {', '.join(map(str, want))})"
     if len(got) >= 2 and int(np.prod(got[1:])) == d:
         return f"reshape them: x.reshape(len(x), {', '.join(map(str, want))})"
     if len(got) == len(want) + 1 and got[1:] == want[::-1][: len(want)]:

@@ -11,7 +11,9 @@ figures contradict is shown as CONTRADICTED, never as a pass.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from html import escape
 
@@ -31,9 +33,10 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1140px;color:#22
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 .pass{color:#17692d;font-weight:bold}.fail{color:#b00020;font-weight:bold}.note{color:#666}
-svg{border:1px solid #ddd;margin:0.5em 1em 0.5em 0}
+svg{border:1px solid #ddd;margin:0.5em 1em 0.5em 0;vertical-align:top}
 td,th,h1,h2,p{overflow-wrap:anywhere}
 .contradiction{border:2px solid #b00020;padding:0.5em 1em;background:#fff4f4}
+tr.flagged td{background:#fff8e6}dt{font-family:monospace;margin-top:0.4em}dd{margin-left:1.5em}
 """
 
 
@@ -56,9 +59,10 @@ def render_html(report: AuditReport, policy: PolicyResult | None = None, signers
         f"<h2>Summary</h2>{_summary(report)}",
         _policy(policy, report) if policy is not None else "",
         "<h2>Plots</h2>",
-        _scatter(report.samples),
+        _scatter(report.samples, report.config.confidence),
         _histogram([s.epsilon_tau for s in report.samples if s.epsilon_tau is not None], report.config.tau),
-        f"<h2>Samples</h2>{_samples(report.samples)}",
+        _plot_notes(report.samples),
+        f"<h2>Samples</h2>{_flag_glossary(report.samples)}{_samples(report.samples)}",
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -76,11 +80,15 @@ def _provenance(report: AuditReport, signers: Sequence[str]) -> str:
         ("adapter / provider", f"{m.adapter} / {m.provider or '-'}"),
         ("input", f"{m.input_shape} {m.input_dtype}, {m.classes} classes, outputs {m.output_kind}"),
         ("data", f"{d.source or '-'}: shape {d.shape}, {d.dtype}, sha256 {d.sha256}"),
-        ("method", f"{c.estimator}, {c.directions} directions, {c.scheme} differences, {_step_rule(c)}, "
-                   f"{c.confidence:.0%} interval: {c.interval_method}"),
+        ("method", _method(c)),
         ("tool", f"{report.tool.name} {report.tool.version}"), ("signed by", signed),
         *[(f"identity: {k}", v) for k, v in sorted(m.extra.items()) if k != "fingerprint"],
     ])
+
+
+def _method(c: AuditConfig) -> str:
+    return (f"{c.estimator}, {c.directions} directions, {c.scheme} differences, {_step_rule(c)}, "
+            f"{c.confidence:.0%} interval: {c.interval_method}")
 
 
 def _fmt(value: float | None) -> str:
@@ -159,18 +167,76 @@ def _samples(samples: list[SampleResult]) -> str:
     head = "".join(
         f"<th>{h}</th>" for h in ("index", "class", "confidence", "λ_max", "interval", "ε_τ", "step (L2)", "method", "flags")
     )
-    rows = "".join(
-        f"<tr><td>{s.index}</td><td>{s.predicted_class}</td><td>{s.confidence:.4f}</td><td>{_fmt(s.lambda_max)}</td>"
-        f"<td>[{_fmt(s.lambda_max_ci[0])}, {_fmt(s.lambda_max_ci[1])}]</td><td>{_fmt(s.epsilon_tau)}</td>"
-        f"<td>{'-' if s.step_norm is None else _fmt(s.step_norm)}</td>"
-        f"<td>{_text(s.method)}</td><td>{_text(', '.join(s.flags))}</td></tr>"
-        for s in samples[:MAX_ROWS]
-    )
+    rows = "".join(_sample_row(s) for s in samples[:MAX_ROWS])
     more = f"<p class='note'>First {MAX_ROWS} of {len(samples)} samples; the JSON report holds all.</p>" if len(samples) > MAX_ROWS else ""
     return f"<table><tr>{head}</tr>{rows}</table>{more}"
 
 
+def _sample_row(s: SampleResult) -> str:
+    """One sample's row, tinted when it carries a flag."""
+    opening = "<tr class='flagged'>" if s.flags else "<tr>"
+    return (
+        f"{opening}<td>{s.index}</td><td>{s.predicted_class}</td><td>{_confidence(s.confidence)}</td><td>{_fmt(s.lambda_max)}</td>"
+        f"<td>[{_fmt(s.lambda_max_ci[0])}, {_fmt(s.lambda_max_ci[1])}]</td><td>{_fmt(s.epsilon_tau)}</td>"
+        f"<td>{'-' if s.step_norm is None else _fmt(s.step_norm)}</td>"
+        f"<td>{_text(s.method)}</td><td>{_text(', '.join(s.flags))}</td></tr>"
+    )
+
+
+def _confidence(p: float) -> str:
+    """The top probability, written so that one under 1 never reads as 1.0000."""
+    if p >= 1:
+        return "1 exactly"
+    return f"{p:.4f}" if 1 - p >= 1e-4 else f"1 − {1 - p:.2g}"
+
+
+def _flag_glossary(samples: list[SampleResult]) -> str:
+    """What each flag that some sample carries means, and how many carry it."""
+    # Imported here, not above: the CLI imports this module.
+    from fimaudit.cli import FLAG_MEANINGS
+
+    counts = Counter(f for s in samples for f in s.flags)
+    if not counts:
+        return "<p class='note'>No sample carries a flag.</p>"
+    items = "".join(
+        f"<dt>{_text(flag)} ({n} of {len(samples)})</dt><dd>{_text(FLAG_MEANINGS.get(flag, 'not described by this version'))}</dd>"
+        for flag, n in sorted(counts.items())
+    )
+    return f"<p>Flagged rows are tinted. What the flags mean:</p><dl>{items}</dl>"
+
+
+def _plot_notes(samples: list[SampleResult]) -> str:
+    """What the plots cannot show by position alone: inputs at the floor, and unbounded radii."""
+    notes = ["Hover a point for its figures, a bar for its count."]
+    floored = sum(_floored(s) for s in samples)
+    if floored:
+        notes.append(
+            f"{floored} of {len(samples)} inputs have confidence 1.0 at the output's precision: 1 − p is 0 (or under "
+            f"{FLOOR:g}), which a log axis cannot place, so they are drawn open at 0, left of the break in the x axis."
+        )
+    unbounded = sum(s.epsilon_tau is None for s in samples)
+    if unbounded:
+        notes.append(f"{unbounded} inputs with λ_max = 0 have no finite ε_τ and are not in the histogram.")
+    return f"<p class='note'>{' '.join(notes)}</p>"
+
+
 # --------------------------------------------------------------------------- plots (SVG)
+
+RIGHT = 24  # pixels right of the plot area: room for the last x tick label, centred on the plot's edge
+TOP, BOTTOM = MARGIN / 2, HEIGHT - MARGIN  # the plot area's top and bottom
+FLOOR = 1e-12  # 1 − p below this is confidence 1.0 at the output's precision: drawn open at 0, off the log axis
+STRIP, STRIP_AT = 36, 10  # pixels: the width of the strip at 0 left of the log axis, and where in it the points go
+MIN_BAR = 10.0  # pixels: a shorter interval is drawn this long, centred, so it shows past its dot
+CAP = 3.0  # pixels: half the width of an interval bar's end caps
+TICK_GAP = 34.0  # pixels: the least distance between two x tick labels; decades between go unlabelled
+LEGEND_ROW = 16
+COLOURS = {"clean": "#1f5fa8", "below_resolution": "#b00020", "flagged": "#d97706"}
+LEGEND_TEXT = {
+    "clean": "no flag",
+    "below_resolution": "below_resolution (λ_max is an upper bound)",
+    "flagged": "other flags (see the table)",
+}
+Tick = tuple[float, str]  # a tick's pixel and its label ("" for a gridline alone)
 
 
 class _LogAxis:
@@ -187,53 +253,146 @@ class _LogAxis:
         t = (math.log10(max(value, 10.0**self.low)) - self.low) / (self.high - self.low)
         return self.start + t * (self.stop - self.start)
 
-    def decades(self) -> range:
-        return range(self.low, self.high + 1)
+    def ticks(self) -> list[Tick]:
+        """A gridline at every decade; labels at every one, or every n-th where they would collide."""
+        every = max(1, math.ceil(TICK_GAP * (self.high - self.low) / abs(self.stop - self.start)))
+        return [(self(10.0**e), f"1e{e}" if (e - self.low) % every == 0 else "") for e in range(self.low, self.high + 1)]
 
 
-def _frame(title: str, xlabel: str, ylabel: str, x: _LogAxis, y: _LogAxis | None) -> list[str]:
+def _frame(title: str, xlabel: str, ylabel: str, xticks: list[Tick], yticks: list[Tick], height: int = HEIGHT) -> list[str]:
+    """An SVG's opening, titles, gridlines, tick labels and axes; the caller adds marks and closes it."""
+    size = f"width='{WIDTH}' height='{height}' viewBox='0 0 {WIDTH} {height}'"
     out = [
-        f"<svg xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' height='{HEIGHT}' role='img' aria-label='{escape(title)}'>",
+        f"<svg xmlns='http://www.w3.org/2000/svg' {size} role='img' aria-label='{escape(title)}'>",
         f"<text x='{WIDTH / 2}' y='16' text-anchor='middle' font-size='13'>{escape(title)}</text>",
         f"<text x='{WIDTH / 2}' y='{HEIGHT - 6}' text-anchor='middle' font-size='12'>{escape(xlabel)}</text>",
-        f"<text x='14' y='{HEIGHT / 2}' transform='rotate(-90 14 {HEIGHT / 2})' text-anchor='middle' font-size='12'>{escape(ylabel)}</text>",
+        f"<text x='12' y='{HEIGHT / 2}' transform='rotate(-90 12 {HEIGHT / 2})' text-anchor='middle' font-size='12'>{escape(ylabel)}</text>",
     ]
-    for e in x.decades():
-        px = x(10.0**e)
-        out.append(f"<line x1='{px:.1f}' y1='{MARGIN / 2}' x2='{px:.1f}' y2='{HEIGHT - MARGIN}' stroke='#eee'/>")
-        out.append(f"<text x='{px:.1f}' y='{HEIGHT - MARGIN + 16}' text-anchor='middle' font-size='11'>1e{e}</text>")
-    for e in y.decades() if y is not None else ():
-        py = y(10.0**e)  # type: ignore[misc]
-        out.append(f"<line x1='{MARGIN}' y1='{py:.1f}' x2='{WIDTH - 10}' y2='{py:.1f}' stroke='#eee'/>")
-        out.append(f"<text x='{MARGIN - 4}' y='{py + 4:.1f}' text-anchor='end' font-size='11'>1e{e}</text>")
+    for px, label in xticks:
+        out.append(f"<line x1='{px:.1f}' y1='{TOP}' x2='{px:.1f}' y2='{BOTTOM}' stroke='#eee'/>")
+        if label:
+            out.append(f"<text class='xtick' x='{px:.1f}' y='{BOTTOM + 16}' text-anchor='middle' font-size='11'>{label}</text>")
+    for py, label in yticks:
+        out.append(f"<line x1='{MARGIN}' y1='{py:.1f}' x2='{WIDTH - RIGHT}' y2='{py:.1f}' stroke='#eee'/>")
+        if label:
+            out.append(f"<text class='ytick' x='{MARGIN - 4}' y='{py + 4:.1f}' text-anchor='end' font-size='11'>{label}</text>")
+    out.append(f"<path class='axis' d='M{MARGIN} {TOP}V{BOTTOM}H{WIDTH - RIGHT}' fill='none' stroke='#999'/>")
     return out
 
 
-def _scatter(samples: list[SampleResult]) -> str:
-    """λ_max (with its interval) against 1 − top probability: how much sensitivity is confidence."""
-    doubt = [max(1 - s.confidence, 1e-12) for s in samples]
+def _kind(s: SampleResult) -> str:
+    """How a sample's point is coloured: by its flags, below_resolution first."""
+    if "below_resolution" in s.flags:
+        return "below_resolution"
+    return "flagged" if s.flags else "clean"
+
+
+def _floored(s: SampleResult) -> bool:
+    return 1 - s.confidence < FLOOR
+
+
+def _scatter(samples: list[SampleResult], confidence: float) -> str:
+    """λ_max (with its interval) against 1 − top probability: how much sensitivity is confidence.
+    Inputs whose 1 − p is under FLOOR (confidence 1.0) have no place on a log axis: they are drawn
+    open in a strip at 0, left of a break in the axis, so that they do not stretch it."""
+    floored = any(_floored(s) for s in samples)
+    x = _LogAxis([1 - s.confidence for s in samples if not _floored(s)], MARGIN + (STRIP if floored else 0), WIDTH - RIGHT)
     lams = [s.lambda_max for s in samples] + [s.lambda_max_ci[1] for s in samples] + [s.lambda_max_ci[0] for s in samples]
-    x = _LogAxis(doubt, MARGIN, WIDTH - 10)
-    y = _LogAxis(lams, HEIGHT - MARGIN, MARGIN / 2)
-    out = _frame("λ_max per input (bars: interval)", "1 − top probability", "λ_max", x, y)
-    for s, q in zip(samples, doubt):
-        px = x(q)
-        colour = "#b00020" if "below_resolution" in s.flags else "#1f5fa8"
-        if s.lambda_max_ci[0] > 0:
-            out.append(f"<line class='ci' x1='{px:.1f}' y1='{y(s.lambda_max_ci[0]):.1f}' x2='{px:.1f}' y2='{y(s.lambda_max_ci[1]):.1f}' stroke='{colour}' stroke-opacity='0.35'/>")
-        out.append(f"<circle class='sample' cx='{px:.1f}' cy='{y(s.lambda_max):.1f}' r='2.5' fill='{colour}'/>")
+    y = _LogAxis(lams, BOTTOM, TOP)
+    legend = _legend_entries(samples, confidence)
+    xticks = [(MARGIN + STRIP_AT, "0"), *x.ticks()] if floored else x.ticks()
+    out = _frame("λ_max per input (bars: interval)", "1 − top probability", "λ_max", xticks, y.ticks(),
+                 HEIGHT + 6 + LEGEND_ROW * len(legend))
+    if floored:
+        out.append(_axis_break(MARGIN + (STRIP + STRIP_AT) / 2))
+    for s in samples:
+        out += _point(s, MARGIN + STRIP_AT if _floored(s) else x(1 - s.confidence), y)
+    out.append(_legend(legend))
     return "".join(out) + "</svg>"
+
+
+def _axis_break(px: float) -> str:
+    """Two slashes across the x axis: the strip at 0 is not on the log scale."""
+    return (f"<rect x='{px - 5:.1f}' y='{BOTTOM - 6}' width='10' height='12' fill='white'/>"
+            f"<path class='axis-break' d='M{px - 5:.1f} {BOTTOM + 5}l4 -10M{px + 1:.1f} {BOTTOM + 5}l4 -10' stroke='#999'/>")
+
+
+def _point(s: SampleResult, px: float, y: _LogAxis) -> list[str]:
+    """One sample: its interval bar, then its dot (open when its confidence is at the floor)."""
+    colour = COLOURS[_kind(s)]
+    low, high = s.lambda_max_ci
+    tip = (f"input {s.index}: λ_max {_fmt(s.lambda_max)} [{_fmt(low)}, {_fmt(high)}], "
+           f"confidence {_confidence(s.confidence)}, flags: {', '.join(s.flags) or 'none'}")
+    dot = (f"<circle class='sample' cx='{px:.1f}' cy='{y(s.lambda_max):.1f}' r='2.5' "
+           f"fill='{'white' if _floored(s) else colour}' stroke='{colour}'><title>{_text(tip)}</title></circle>")
+    return [*_bar(px, y(low), y(high), colour), dot]
+
+
+def _bar(px: float, bottom: float, top: float, colour: str) -> list[str]:
+    """An interval bar with end caps, drawn at least MIN_BAR long (centred) so a narrow one stays visible."""
+    if bottom - top < MIN_BAR:
+        middle = (bottom + top) / 2
+        bottom, top = middle + MIN_BAR / 2, middle - MIN_BAR / 2
+    caps = "".join(f"M{px - CAP:.1f} {py:.1f}H{px + CAP:.1f}" for py in (bottom, top))
+    style = f"stroke='{colour}' stroke-opacity='0.6'"
+    return [
+        f"<line class='ci' x1='{px:.1f}' y1='{bottom:.1f}' x2='{px:.1f}' y2='{top:.1f}' {style}/>",
+        f"<path class='ci-cap' d='{caps}' {style}/>",
+    ]
+
+
+def _legend_entries(samples: list[SampleResult], confidence: float) -> list[tuple[str, str]]:
+    """(marker kind, text) for each kind of point drawn, the floor if used, and the interval bars."""
+    kinds = {_kind(s) for s in samples}
+    entries = [(kind, LEGEND_TEXT[kind]) for kind in COLOURS if kind in kinds]
+    if any(_floored(s) for s in samples):
+        entries.append(("floored", f"open, at 0: confidence 1.0 (1 − p under {FLOOR:g})"))
+    entries.append(("interval", f"{confidence:.0%} interval (drawn at least {MIN_BAR:g} px long)"))
+    return entries
+
+
+def _marker(kind: str, x: float, y: float) -> str:
+    if kind == "interval":
+        return f"<path d='M{x - CAP} {y - 5}H{x + CAP}M{x} {y - 5}V{y + 5}M{x - CAP} {y + 5}H{x + CAP}' stroke='#555'/>"
+    colour = COLOURS.get(kind, "#555")
+    fill = "white" if kind == "floored" else colour
+    return f"<circle cx='{x}' cy='{y}' r='3' fill='{fill}' stroke='{colour}'/>"
+
+
+def _legend(entries: list[tuple[str, str]]) -> str:
+    rows = []
+    for i, (kind, text) in enumerate(entries):
+        y = HEIGHT + 6 + LEGEND_ROW * i
+        rows.append(f"{_marker(kind, MARGIN + 4, y)}<text x='{MARGIN + 14}' y='{y + 4}' font-size='11'>{escape(text)}</text>")
+    return f"<g class='legend'>{''.join(rows)}</g>"
+
+
+def _count_step(top: int) -> int:
+    """The least of 1, 2, 5, 10, 20, 50, ... that spans `top` in at most 5 steps."""
+    for power in itertools.count():
+        for mantissa in (1, 2, 5):
+            if math.ceil(top / (mantissa * 10**power)) <= 5:
+                return mantissa * 10**power
+    raise AssertionError("unreachable")
+
+
+def _count_ticks(top: int) -> list[int]:
+    """0 and at least two more evenly spaced counts, the last at or above `top`."""
+    step = _count_step(top)
+    return [i * step for i in range(max(math.ceil(top / step), 2) + 1)]
 
 
 def _histogram(radii: list[float], tau: float, bins: int = 30) -> str:
     """How many inputs have each certified radius ε_τ (log-spaced bins)."""
-    x = _LogAxis(radii, MARGIN, WIDTH - 10)
-    out = _frame(f"ε_τ per input (τ = {tau:g})", "ε_τ (input units, L2)", "inputs", x, None)
+    x = _LogAxis(radii, MARGIN, WIDTH - RIGHT)
     edges = [10 ** (x.low + (x.high - x.low) * i / bins) for i in range(bins + 1)]
-    counts = [sum(lo <= r < hi or (i == bins - 1 and r == hi) for r in radii) for i, (lo, hi) in enumerate(zip(edges, edges[1:]))]
-    top = max(counts, default=0) or 1
-    for lo, hi, n in zip(edges, edges[1:], counts):
-        height = (HEIGHT - 2 * MARGIN) * n / top
-        out.append(f"<rect class='bin' x='{x(lo):.1f}' y='{HEIGHT - MARGIN - height:.1f}' width='{max(x(hi) - x(lo) - 1, 1):.1f}' height='{height:.1f}' fill='#4c8c4a'><title>{n}</title></rect>")
-    out.append(f"<text x='{MARGIN - 4}' y='{MARGIN + 4:.1f}' text-anchor='end' font-size='11'>{top}</text>")
+    counts = [sum(lo <= r < hi or (i == bins - 1 and r == hi) for r in radii) for i, (lo, hi) in enumerate(itertools.pairwise(edges))]
+    ticks = _count_ticks(max(counts, default=0))
+    scale = (BOTTOM - TOP) / ticks[-1]
+    yticks = [(BOTTOM - t * scale, str(t)) for t in ticks]
+    out = _frame(f"ε_τ per input (τ = {tau:g})", "ε_τ (input units, L2)", "inputs", x.ticks(), yticks)
+    for (lo, hi), n in zip(itertools.pairwise(edges), counts):
+        height = n * scale
+        out.append(f"<rect class='bin' x='{x(lo):.1f}' y='{BOTTOM - height:.1f}' width='{max(x(hi) - x(lo) - 1, 1):.1f}' "
+                   f"height='{height:.1f}' fill='#4c8c4a'><title>{n} inputs: ε_τ in [{lo:.3g}, {hi:.3g})</title></rect>")
     return "".join(out) + "</svg>"
