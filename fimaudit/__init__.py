@@ -1,9 +1,10 @@
 """fimaudit: black-box audits of a classifier's sensitivity via the input Fisher information."""
 from __future__ import annotations
 
-__version__ = "0.2.0"
-
-from fimaudit.errors import (  # noqa: E402
+from fimaudit._version import __version__
+from fimaudit.adapter import InputSpec, ModelIdentity, ProbabilityModel
+from fimaudit.comparison import Comparison, compare
+from fimaudit.errors import (
     AdapterNotFoundError,
     DataError,
     EstimationError,
@@ -14,16 +15,21 @@ from fimaudit.errors import (  # noqa: E402
     QueryError,
     UsageError,
 )
-from fimaudit.model import CallableModel, InputSpec, ModelIdentity, ProbabilityModel  # noqa: E402
-from fimaudit.registry import load_model  # noqa: E402
-from fimaudit.report import AuditReport, SampleResult, Summary  # noqa: E402
-from fimaudit.runner import audit  # noqa: E402
-
-from fimaudit.attestation import AuditPredicate, Subject, VerificationResult, attest, sign, verify  # noqa: E402
-from fimaudit.comparison import Comparison, compare  # noqa: E402
-from fimaudit.dsse import SignatureError  # noqa: E402
-from fimaudit.keys import KeyFileError  # noqa: E402
-from fimaudit.policy import PolicyCheck, PolicyResult, load_policy  # noqa: E402
+from fimaudit.model import CallableModel
+from fimaudit.policy import PolicyCheck, PolicyResult, load_policy
+from fimaudit.registry import load_model
+from fimaudit.report import AuditReport, SampleResult, Summary
+from fimaudit.runner import audit
+from fimaudit.signing import (
+    AuditPredicate,
+    KeyFileError,
+    SignatureError,
+    Subject,
+    VerificationResult,
+    attest,
+    sign,
+    verify,
+)
 
 __all__ = [
     "AdapterNotFoundError",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from fimaudit.errors import FimauditError
-from fimaudit.model import ProbabilityModel
+from fimaudit.adapter import ProbabilityModel
 
 
 class ConformanceError(FimauditError):

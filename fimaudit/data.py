@@ -11,7 +11,7 @@ import numpy as np
 
 from fimaudit.errors import DataError
 from fimaudit.images import SkippedFile, read_image_folder
-from fimaudit.model import InputSpec
+from fimaudit.adapter import InputSpec
 
 # Bounds one chunk's float64 working copy: a scan's memory stays a few MiB whatever the file's size.
 _CHUNK_BYTES = 4 * 2**20

@@ -17,16 +17,12 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from fimaudit.adapter import ProbabilityModel, TransientQueryError
 from fimaudit.errors import EstimationError, FimauditError, QueryError
-from fimaudit.model import ProbabilityModel
 
 R = TypeVar("R")
 Task = Generator[np.ndarray, np.ndarray, R]
 OnDone = Callable[[Any, R], None]
-
-
-class TransientQueryError(QueryError):
-    """Raised by adapters for faults worth retrying: timeouts, unavailable, 5xx, resets."""
 
 
 @dataclass(eq=False)

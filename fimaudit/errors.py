@@ -3,16 +3,29 @@
 FimauditError
 ├── UsageError          bad arguments or configuration                 (exit 2)
 ├── DataError           audited inputs unusable: shape, NaN, empty      (exit 3)
-├── KeyFileError        key files (defined in fimaudit.keys)            (exit 3)
+├── KeyFileError        key files: missing, unreadable, wrong kind, locked (exit 3)
 ├── ModelError          model cannot be loaded or described             (exit 4)
 │   ├── AdapterNotFoundError  no installed adapter handles the reference
 │   └── OutputError     outputs not valid probabilities (or logits)
 ├── QueryError          a query failed after retries                    (exit 5)
-├── SignatureError      envelope malformed or not verified (fimaudit.dsse) (exit 5)
+├── SignatureError      envelope malformed or not verified               (exit 5)
 ├── EstimationError     an estimate or its recording failed: names the sample (exit 6)
 └── PolicyError         the policy file itself is wrong                 (exit 2)
 """
 from __future__ import annotations
+
+# The exit codes of the `fimaudit` command, written once: the CLI's help and README.md's table
+# are checked against this (tests/test_errors.py).
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "the audit ran but a `--policy` failed (also `verify --require-pass` when the signed verdict is not a pass)",
+    2: "usage error (bad option, bad policy file)",
+    3: "bad input data or key file",
+    4: "model cannot be loaded, or its outputs are not valid probabilities/logits",
+    5: "a query failed after retries, or a signature did not verify",
+    6: "an estimate failed on one sample (a fimaudit bug: the message names the sample; a journal keeps the finished ones)",
+    130: "interrupted",
+}
 
 
 class FimauditError(Exception):
@@ -34,6 +47,12 @@ class DataError(FimauditError):
     exit_code = 3
 
 
+class KeyFileError(FimauditError):
+    """A key file is missing, unreadable, of the wrong kind, or locked."""
+
+    exit_code = 3
+
+
 class ModelError(FimauditError):
     exit_code = 4
 
@@ -47,6 +66,12 @@ class OutputError(ModelError):
 
 
 class QueryError(FimauditError):
+    exit_code = 5
+
+
+class SignatureError(FimauditError):
+    """An envelope is malformed, or does not verify against the given keys."""
+
     exit_code = 5
 
 

@@ -172,7 +172,9 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         lambda_lower=lower,
         lambda_lower_loose=None if lower is None else bool(lower < 0.5 * stats.lambda_max),
         trace=stats.trace,
-        stable_rank=stats.trace / stats.lambda_max if stats.lambda_max > 0 else None,
+        # trace >= lambda_max for any PSD matrix: where the estimates say otherwise (both at the
+        # resolution floor, or Hutchinson noise on a rank-one F) the ratio means nothing.
+        stable_rank=stats.trace / stats.lambda_max if 0 < stats.lambda_max <= stats.trace else None,
         method=method,
         directions=k,
         directions_kind=kind,

@@ -1,16 +1,12 @@
 """Atomic file writes: a kill never leaves a half-written report where a finished one is expected."""
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import tempfile
 from pathlib import Path
 
-from fimaudit.errors import DataError, UsageError
-
-_CHUNK = 1 << 20
-
+from fimaudit.errors import UsageError
 
 NEW_FILE_MODE = 0o644
 
@@ -84,27 +80,3 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, streamed so large models do not need to fit in memory."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
-    except FileNotFoundError as exc:
-        raise DataError(f"model file not found: {path}", "check the --model path") from exc
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}", "check that the model path is readable") from exc
-    return digest.hexdigest()
-
-
-def manifest_sha256(entries: list[tuple[str, str]]) -> str:
-    """sha256 of `<sha256>  <name>` lines sorted by name: one identity for a model made of several files.
-
-    It is sha256sum's output format (the TensorFlow adapter's directory manifest uses the same), so
-    the digest can be recomputed with standard tools.
-    """
-    lines = [f"{digest}  {name}\n" for name, digest in sorted(entries)]
-    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()

@@ -9,7 +9,7 @@ A policy is a TOML file holding one `[[check]]` table per threshold:
 
 Only this one format is accepted, and anything else in the file is refused,
 so a typo can never silently drop a check. Evaluation yields a PolicyResult
-that is signed together with the report (see fimaudit.attestation).
+that is signed together with the report (see fimaudit.signing.attestation).
 
 A missing figure (None in the summary) is decided explicitly, never by
 Python's ordering of None: an epsilon_tau statistic is None when the radius is

@@ -1,17 +1,24 @@
 """Find the adapter for a model reference among the installed `fimaudit.adapters` entry points."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
-from fimaudit.errors import AdapterNotFoundError
-from fimaudit.errors import FimauditError
-from fimaudit.model import ProbabilityModel, check_batch_independence, check_classes
-
-ENTRY_POINT_GROUP = "fimaudit.adapters"
+from fimaudit.adapter import (  # noqa: F401  (Adapter, SimpleAdapter: re-exported for older imports)
+    DATA_SHAPE,
+    ENTRY_POINT_GROUP,
+    Adapter,
+    MultiFileAdapter,
+    ProbabilityModel,
+    SimpleAdapter,
+    check_options,
+)
+from fimaudit.errors import AdapterNotFoundError, FimauditError
+from fimaudit.model import check_batch_independence
+from fimaudit.outputs import check_classes
 
 # Only used to tell a user which package to install; adapters themselves declare what they handle.
 _INSTALL_HINTS = {
@@ -29,45 +36,6 @@ _INSTALL_HINTS = {
 }
 
 
-class Adapter(Protocol):
-    """What an adapter distribution exposes under the entry-point group."""
-
-    name: str
-    package: str
-    suffixes: tuple[str, ...]
-    schemes: tuple[str, ...]
-
-    def handles(self, reference: str) -> bool: ...
-
-    def load(self, reference: str, **options: Any) -> ProbabilityModel: ...
-
-
-@dataclass
-class SimpleAdapter:
-    """A ready-made Adapter: handles references by file suffix or URL scheme."""
-
-    name: str
-    package: str
-    loader: Callable[..., ProbabilityModel]
-    suffixes: tuple[str, ...] = ()
-    schemes: tuple[str, ...] = ()
-    extra_check: Callable[[str], bool] | None = field(default=None)
-    # For formats that keep data beside the model file (ONNX external data): every file the model
-    # at a path consists of, itself first. Signing and `verify --model` hash all of them.
-    model_files: Callable[[Path], list[Path]] | None = field(default=None)
-
-    def handles(self, reference: str) -> bool:
-        scheme = urlsplit(reference).scheme.lower()
-        if scheme and scheme in self.schemes:
-            return True
-        if Path(reference).suffix.lower() in self.suffixes:
-            return True
-        return bool(self.extra_check and self.extra_check(reference))
-
-    def load(self, reference: str, **options: Any) -> ProbabilityModel:
-        return self.loader(reference, **options)
-
-
 def installed_adapters() -> tuple[list[Adapter], dict[str, str]]:
     """Adapters registered by installed distributions, and those that failed to import (name: why).
 
@@ -77,19 +45,36 @@ def installed_adapters() -> tuple[list[Adapter], dict[str, str]]:
     broken: dict[str, str] = {}
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:
-            found.append(ep.load())
+            adapter = ep.load()
         except Exception as exc:  # any import-time failure of third-party code
             broken[ep.name] = f"{type(exc).__name__}: {exc}"
+            continue
+        if isinstance(adapter, Adapter):
+            found.append(adapter)
+        else:
+            broken[ep.name] = f"not a fimaudit.adapter.Adapter (it lacks {', '.join(_missing_members(adapter))})"
     return found, broken
 
 
-def load_model(reference: str | Path, **options: Any) -> ProbabilityModel:
+def _missing_members(obj: object) -> list[str]:
+    members = ("name", "package", "suffixes", "schemes", "options", "handles", "load")
+    return [m for m in members if not hasattr(obj, m)]
+
+
+def load_model(reference: str | Path, *, data_shape: Sequence[int] | None = None, **options: Any) -> ProbabilityModel:
     """Load a model by reference (file path or URL) with the adapter that handles it.
 
-    `options` go to the adapter, e.g. `outputs="logits"`, `output_name=...`, `max_batch_size=...`.
+    `options` go to the adapter, e.g. `outputs="logits"`, `output_name=...`, `max_batch_size=...`;
+    one the adapter does not declare is a UsageError. `data_shape`, one input's shape in the data
+    to be audited, is a hint, not an option: it reaches only adapters that declare it, which use it
+    where the model records no input shape (ONNX dynamic dims, TorchScript).
     """
     ref = str(reference)
-    model = adapter_for(ref).load(ref, **options)
+    adapter = adapter_for(ref)
+    check_options(adapter, options)
+    if data_shape is not None and DATA_SHAPE in adapter.options:
+        options[DATA_SHAPE] = tuple(int(v) for v in data_shape)
+    model = adapter.load(ref, **options)
     try:
         # Every adapter's model gets the same checks before an audit can trust it: a classifier
         # (not a one-output regressor), and outputs that do not depend on batch neighbours.
@@ -110,8 +95,7 @@ def model_files(path: Path) -> list[Path]:
         adapter = adapter_for(str(path))
     except AdapterNotFoundError:
         return [path]
-    lister = getattr(adapter, "model_files", None)
-    return [path] if lister is None else list(lister(path))
+    return list(adapter.model_files(path)) if isinstance(adapter, MultiFileAdapter) else [path]
 
 
 def adapter_for(ref: str) -> Adapter:

@@ -6,7 +6,7 @@ Bidirectional-text controls are shown as visible [U+XXXX] marks, so a reference 
 reversed (".onnx" that is really "xnno."), and long strings are truncated and wrapped.
 
 A policy verdict is shown only after it is re-checked against the report with the code `verify`
-uses (fimaudit.attestation.content_problems): an unsigned predicate's "PASSED" that its own
+uses (fimaudit.signing.content_problems): an unsigned predicate's "PASSED" that its own
 figures contradict is shown as CONTRADICTED, never as a pass.
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ from collections import Counter
 from collections.abc import Sequence
 from html import escape
 
-from fimaudit.attestation import content_problems, summary_problems
+from fimaudit.signing import content_problems, summary_problems
 from fimaudit.policy import FIGURES, PolicyCheck, PolicyResult, compare, figure_value
-from fimaudit.report import AuditConfig, AuditReport, SampleResult, Stats
+from fimaudit.report import FLAG_MEANINGS, AuditConfig, AuditReport, SampleResult, Stats
 
 WIDTH, HEIGHT, MARGIN = 540, 320, 56
 MAX_ROWS = 1000  # the table lists this many samples; the plots show all of them
@@ -192,9 +192,6 @@ def _confidence(p: float) -> str:
 
 def _flag_glossary(samples: list[SampleResult]) -> str:
     """What each flag that some sample carries means, and how many carry it."""
-    # Imported here, not above: the CLI imports this module.
-    from fimaudit.cli import FLAG_MEANINGS
-
     counts = Counter(f for s in samples for f in s.flags)
     if not counts:
         return "<p class='note'>No sample carries a flag.</p>"

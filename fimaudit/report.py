@@ -11,7 +11,26 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fimaudit.errors import DataError
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
+
+
+# One line on each diagnostic flag a sample (or the model) can carry: printed after an audit, listed
+# in the HTML page, and summarised in SampleResult.flags' description.
+FLAG_MEANINGS: dict[str, str] = {
+    "step_unconverged": "No two successive finite-difference steps agreed (kinks, ties, rounding): "
+    "the interval is widened by their disagreement.",
+    "step_nonlocal": "The step's L2 norm exceeds epsilon_tau/10: the estimate is a secant over a region where the model may not be linear.",
+    "nondifferentiable": "The model has no derivative at the input (max-pool ties, ReLUs at exactly 0): "
+    "the figure is the average one-sided slope's, and the interval spans both sides.",
+    "batch_dependent": "An input's outputs depended on the other inputs of its batch (e.g. dynamic quantization): queried one input per request.",
+    "below_resolution": "Nothing measurable above the output's rounding: lambda_max is that level, an upper bound.",
+    "saturated": "The top probability is exactly 1 at the output precision; only the other classes' changes are seen.",
+    "quantized_outputs": "Outputs are rounded or on a grid: differences below the grid step are invisible.",
+    "nondeterministic": "The same input gave different outputs: their noise floor limits the estimate.",
+    "zero_probabilities": "Some classes are reported as exactly 0 (e.g. top-k outputs): their share of F is bounded, not measured.",
+    "radius_exceeds_input": "epsilon_tau is larger than the input's own L2 norm: no perturbation of the input's size "
+    "reaches the KL budget, so the radius says little beyond 'insensitive here'.",
+}
 
 
 class _Model(BaseModel):
@@ -37,11 +56,22 @@ class ModelInfo(_Model):
     extra: dict[str, str] = Field(default_factory=dict)
 
 
+class SkippedInput(_Model):
+    name: str = Field(description="The file, relative to the image folder.")
+    reason: str = Field(description="Why it could not be read.")
+
+
 class DataInfo(_Model):
     sha256: str = Field(description="sha256 of the audited array's C-order bytes, as loaded.")
     shape: list[int]
     dtype: str
     source: str | None = None
+    files: list[str] | None = Field(
+        default=None, description="For an image folder: files[i] is the file of the sample with index i, relative to the folder."
+    )
+    skipped: list[SkippedInput] | None = Field(
+        default=None, description="Unreadable files left out by --skip-unreadable; null when none was skipped or asked to be."
+    )
 
 
 class AuditConfig(_Model):
@@ -95,7 +125,8 @@ class SampleResult(_Model):
         "step_unconverged (no two successive steps agreed: the interval is widened by their disagreement), "
         "step_nonlocal (the step's L2 norm exceeds epsilon_tau / 10), nondifferentiable (the one-sided difference "
         "quotients disagree at every step: max-pool ties or ReLUs at exactly 0; lambda_max is then that of the "
-        "average one-sided slope, and the interval spans the disagreement)."
+        "average one-sided slope, and the interval spans the disagreement), radius_exceeds_input (epsilon_tau is larger than "
+        "the input's own L2 norm)."
     )
     step: float | None = Field(default=None, description="Finite-difference step this sample used (RMS per coordinate).")
     step_norm: float | None = Field(default=None, description="L2 norm of the step's perturbation, step * sqrt(d).")

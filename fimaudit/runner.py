@@ -4,20 +4,21 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fimaudit import __version__
+from fimaudit._version import __version__
+from fimaudit.adapter import ExactFisher, ProbabilityModel, WhiteBoxModel
 from fimaudit.data import check_inputs, digest, input_scale
 from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
 from fimaudit.journal import Journal, JournalLock
-from fimaudit.model import ProbabilityModel, check_batch_independence
+from fimaudit.model import check_batch_independence
 from fimaudit.report import (
     AuditConfig,
     AuditReport,
@@ -139,7 +140,7 @@ def _run(
     model_flags = model_wide_flags(model)
 
     def done(index: int, est: SampleEstimate) -> None:
-        result = _sample_result(index, est, tau, model_flags)
+        result = _sample_result(index, est, tau, model_flags, _norm(arr[index]))
         if book is not None:
             book.commit(result)  # durable before it counts
         results[index] = result
@@ -183,7 +184,7 @@ def _recheck(
     model_flags = model_wide_flags(engine.model)
 
     def done(index: int, est: SampleEstimate) -> None:
-        again[index] = _sample_result(index, est, tau, model_flags)
+        again[index] = _sample_result(index, est, tau, model_flags, _norm(arr[index]))
 
     engine.run(((i, estimate_sample(arr[i], i, cfg)) for i in chosen), done, max_active=max_active)
     for i in chosen:
@@ -236,8 +237,14 @@ def model_wide_flags(model: ProbabilityModel) -> list[str]:
     return ["batch_dependent"] if getattr(model, "batch_dependent", False) else []
 
 
-def _sample_result(index: int, est: SampleEstimate, tau: float, model_flags: list[str]) -> SampleResult:
+def _norm(x: np.ndarray) -> float:
+    return float(np.linalg.norm(np.asarray(x, dtype=np.float64).ravel()))
+
+
+def _sample_result(index: int, est: SampleEstimate, tau: float, model_flags: list[str], input_norm: float) -> SampleResult:
     eps = math.sqrt(2 * tau / est.lambda_max) if est.lambda_max > 0 else None
+    # A radius beyond the input's own size is no robustness guarantee worth quoting: say so.
+    size_flags = ["radius_exceeds_input"] if eps is not None and eps > input_norm else []
     return SampleResult(
         index=index,
         predicted_class=est.predicted_class,
@@ -255,7 +262,7 @@ def _sample_result(index: int, est: SampleEstimate, tau: float, model_flags: lis
         directions=est.directions,
         directions_kind=est.directions_kind,
         lambda_max_resolution=est.resolution,
-        flags=list(est.flags) + model_flags,
+        flags=list(est.flags) + model_flags + size_flags,
         step=est.step.step,
         step_norm=est.step_norm,
         step_error=est.step.error if math.isfinite(est.step.error) else None,
@@ -265,18 +272,17 @@ def _sample_result(index: int, est: SampleEstimate, tau: float, model_flags: lis
     )
 
 
-def _white_box_function(model: ProbabilityModel) -> Callable[[np.ndarray], list[Any]]:
+def _white_box_function(model: ProbabilityModel) -> Callable[[np.ndarray], Sequence[ExactFisher]]:
     """The adapter's exact computation (per input: lambda_max, trace, method), checked up front."""
-    fn = getattr(model, "exact_fisher", None)
-    if fn is None:
+    if not isinstance(model, WhiteBoxModel):
         raise UsageError(
             f"white-box mode needs a model with gradients; the '{model.identity.adapter}' adapter has none.",
             "load a PyTorch model (fimaudit-torch) or drop --white-box",
         )
-    return fn  # type: ignore[no-any-return]
+    return model.exact_fisher
 
 
-def _with_white_box(samples: list[SampleResult], exact: list[Any]) -> list[SampleResult]:
+def _with_white_box(samples: list[SampleResult], exact: Sequence[ExactFisher]) -> list[SampleResult]:
     """The black-box results with the white-box figures beside them (never instead of them)."""
     return [
         s.model_copy(update={"lambda_max_white_box": float(e.lambda_max), "trace_white_box": float(e.trace), "white_box_method": str(e.method)})

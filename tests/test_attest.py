@@ -17,23 +17,32 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
 import fimaudit
-from fimaudit.attestation import (
+from fimaudit.errors import DataError, UsageError
+from fimaudit.policy import PolicyResult, load_policy
+from fimaudit.report import AuditReport
+from fimaudit.signing import (
+    PAYLOAD_TYPE,
     AuditPredicate,
+    KeyFileError,
+    SignatureError,
     Subject,
     VerificationResult,
     attest,
+    canonical_json,
+    generate_keypair,
+    keyid,
+    load_public_key,
     load_signing_key,
+    make_statement,
     predicate_json_schema,
     sign,
+    sign_envelope,
     verify,
 )
-from fimaudit.dsse import PAYLOAD_TYPE, SignatureError, canonical_json, make_statement, sign_envelope
-from fimaudit.errors import DataError, UsageError
-from fimaudit.keys import KeyFileError, generate_keypair, keyid, load_public_key
-from fimaudit.policy import PolicyResult, load_policy
-from fimaudit.report import AuditReport
 
 ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / "tests" / "golden"
+GOLDEN_KEYID = "4170f4e4fef9fe19c89e04189f50eb29a3f6bb92088ba16121949cd0c96f12b7"
 EXAMPLE = ROOT / "examples" / "digits.onnx"
 EXAMPLE_DATA = ROOT / "examples" / "digits_test.npy"
 MODEL_SHA256 = hashlib.sha256(EXAMPLE.read_bytes()).hexdigest()
@@ -326,6 +335,65 @@ def test_public_api_is_exported() -> None:
     for name in ("AuditPredicate", "VerificationResult", "PolicyResult", "PolicyCheck", "PolicyError",
                  "SignatureError", "KeyFileError", "load_policy"):
         assert name in fimaudit.__all__ and hasattr(fimaudit, name)
+
+
+def test_signing_errors_are_the_ones_in_fimaudit_errors() -> None:
+    # One class each: `except fimaudit.errors.KeyFileError` must catch what signing raises.
+    import fimaudit.errors
+    import fimaudit.signing
+
+    assert fimaudit.signing.KeyFileError is fimaudit.errors.KeyFileError is fimaudit.KeyFileError
+    assert fimaudit.signing.SignatureError is fimaudit.errors.SignatureError is fimaudit.SignatureError
+    assert set(fimaudit.signing.__all__) <= set(dir(fimaudit.signing))
+
+
+# --------------------------------------------------------------------------- #
+# unsigned reports handed to verify or sign
+# --------------------------------------------------------------------------- #
+
+
+def test_verify_names_an_unsigned_report(report: AuditReport) -> None:
+    with pytest.raises(SignatureError, match="the given data is an unsigned fimaudit report, not a signed envelope") as info:
+        verify(report.model_dump(mode="json"), [_key("auditor").public_key()])
+    assert "--sign KEY" in info.value.fix and "fimaudit.attest" in info.value.fix
+
+
+def test_verify_names_an_unsigned_predicate(report: AuditReport, verdict: PolicyResult, tmp_path: Path) -> None:
+    path = tmp_path / "predicate.json"
+    path.write_text(AuditPredicate(report=report, policy=verdict).to_json())
+    with pytest.raises(SignatureError, match=f"{path} is an unsigned fimaudit predicate"):
+        verify(path, [_key("auditor").public_key()])
+
+
+def test_cosigning_an_unsigned_report_is_a_usage_error(report: AuditReport) -> None:
+    with pytest.raises(UsageError, match="unsigned fimaudit report.*only co-signs an envelope that is already signed") as info:
+        sign(report.model_dump(mode="json"), _key("owner"))
+    assert "fimaudit audit MODEL --data DATA --sign KEY" in info.value.fix
+
+
+def test_other_json_without_payload_type_is_still_a_malformed_envelope() -> None:
+    with pytest.raises(SignatureError, match="malformed envelope: missing field 'payloadType'"):
+        verify({"payload": "", "signatures": []}, [_key("auditor").public_key()])
+
+
+# --------------------------------------------------------------------------- #
+# golden file: a report signed by fimaudit 0.2.0 (report schema 1.1) must keep verifying
+# --------------------------------------------------------------------------- #
+
+
+def test_golden_signed_report_still_verifies() -> None:
+    result = verify(GOLDEN / "audit_report_v1.1.dsse.json", GOLDEN / "test_signer.pub", EXAMPLE)
+    assert result.signers == [GOLDEN_KEYID] and result.unverified == []
+    assert result.subjects == [Subject(name="digits.onnx", sha256=MODEL_SHA256)] and result.subject_ok is True
+    assert result.predicate.report.schema_version == "1.1" and result.predicate.report.summary.n == 4
+    assert result.policy_passed is False  # examples/policy.toml wants n >= 100
+
+
+def test_golden_signed_report_verifies_with_securesystemslib() -> None:
+    envelope = json.loads((GOLDEN / "audit_report_v1.1.dsse.json").read_text())
+    public = load_public_key(GOLDEN / "test_signer.pub")
+    key = SSlibKey.from_crypto(public, keyid=keyid(public))
+    assert Envelope.from_dict(envelope).verify([key], threshold=1) == {GOLDEN_KEYID: key}
 
 
 # --------------------------------------------------------------------------- #

@@ -38,7 +38,7 @@ def test_npz_input_and_same_seed_same_report(tmp_path: Path, mlp64: KnownModel) 
     np.savez(tmp_path / "x.npz", x=mlp64.x)
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     for out in (a, b):
-        res = run("audit", str(mlp64.path), "--data", str(tmp_path / "x.npz"), "--out", str(out), "-k", "16", "-q")
+        res = run("audit", str(mlp64.path), "--data", str(tmp_path / "x.npz"), "--out", str(out), "--directions", "16", "-q")
         assert res.returncode == 0, res.stderr
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     assert ra["samples"] == rb["samples"]

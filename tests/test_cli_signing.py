@@ -26,13 +26,18 @@ from typing import Any
 import pytest
 from securesystemslib.dsse import Envelope
 from securesystemslib.signer import SSlibKey
-
 from typer.testing import CliRunner
 
-from fimaudit.attestation import AuditPredicate, verify
 from fimaudit.cli import app
-from fimaudit.dsse import PAYLOAD_TYPE, pae
-from fimaudit.keys import keyid, load_private_key, load_public_key
+from fimaudit.signing import (
+    PAYLOAD_TYPE,
+    AuditPredicate,
+    keyid,
+    load_private_key,
+    load_public_key,
+    pae,
+    verify,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits.onnx"
@@ -56,7 +61,7 @@ def _argv(args: tuple[str, ...]) -> list[str]:
 
 def run(*args: Any, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(_argv(args), capture_output=True, text=True, env=env or _env(),
-                          stdin=subprocess.DEVNULL, timeout=300)
+                          stdin=subprocess.DEVNULL, timeout=300, check=False)
 
 
 @dataclass(frozen=True)
@@ -226,7 +231,7 @@ def _run_with_tty(args: tuple[Any, ...], answers: list[bytes]) -> tuple[int, str
         for count, answer in enumerate(answers, start=1):
             seen = _read_until(proc, seen, count)
             os.write(master, answer + b"\n")
-        out, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=120)
     finally:
         os.close(master)
         if proc.poll() is None:
@@ -379,6 +384,47 @@ def test_missing_envelope_file_is_a_data_error(tmp_path: Path, auditor: Pair) ->
 
 
 # --------------------------------------------------------------------------- #
+# unsigned reports and missing keys: messages that say what to do
+# --------------------------------------------------------------------------- #
+
+
+def _unsigned(signed: Path, tmp_path: Path, kind: str) -> Path:
+    """What `fimaudit audit` writes without --sign: the report, or with --policy the predicate."""
+    predicate = _statement(signed)["predicate"]
+    return _save(predicate["report"] if kind == "report" else predicate, tmp_path / f"{kind}.json")
+
+
+@pytest.mark.parametrize("kind", ["report", "predicate"])
+def test_verify_of_an_unsigned_file_says_it_is_unsigned(signed: Path, auditor: Pair, tmp_path: Path, kind: str) -> None:
+    path = _unsigned(signed, tmp_path, kind)
+    res = invoke("verify", path, "--key", auditor.pub)
+    _fails_with_5(res, f"{path} is an unsigned fimaudit {kind}")
+    assert "not a signed envelope: there is no signature to verify" in res.stderr
+    assert "fimaudit audit MODEL --data DATA --sign KEY" in res.stderr
+    assert "malformed envelope" not in res.stderr
+
+
+def test_cosigning_an_unsigned_report_says_it_is_unsigned(signed: Path, owner: Pair, tmp_path: Path) -> None:
+    path = _unsigned(signed, tmp_path, "report")
+    before = path.read_bytes()
+    res = invoke("sign", path, "--key", owner.key)
+    assert res.returncode == 2, res.stdout + res.stderr
+    assert "is an unsigned fimaudit report" in res.stderr and "only co-signs an envelope that is already signed" in res.stderr
+    assert "malformed envelope" not in res.stderr and path.read_bytes() == before
+
+
+@pytest.mark.parametrize("command", ["verify", "audit"])
+def test_missing_key_file_names_the_keygen_command(signed: Path, tmp_path: Path, command: str) -> None:
+    missing = tmp_path / "absent.pub"
+    args = (("verify", signed, "--key", missing) if command == "verify"
+            else ("audit", EXAMPLE, "--data", EXAMPLE_DATA, *TINY, "--sign", missing, "--out", tmp_path / "r.dsse.json"))
+    res = invoke(*args)
+    assert res.returncode == 3, res.stdout + res.stderr
+    assert f"key file not found: {missing}" in res.stderr
+    assert "fimaudit keygen --out PREFIX" in res.stderr and "generate_keypair" not in res.stderr
+
+
+# --------------------------------------------------------------------------- #
 # policies
 # --------------------------------------------------------------------------- #
 
@@ -392,7 +438,7 @@ def test_failing_policy_exits_1_and_is_signed(tmp_path: Path, auditor: Pair) -> 
     result = verify(out, [auditor.pub], EXAMPLE)
     recorded = result.predicate.policy
     assert recorded is not None and recorded.passed is False and result.policy_passed is False
-    assert [(c.figure, c.measured, c.passed) for c in recorded.checks][0] == ("n", 5.0, False)
+    assert (recorded.checks[0].figure, recorded.checks[0].measured, recorded.checks[0].passed) == ("n", 5.0, False)
     assert recorded.sha256 == hashlib.sha256(policy.read_bytes()).hexdigest()
     res = invoke("verify", out, "--key", auditor.pub)
     assert res.returncode == 0 and "FAILED" in res.stdout

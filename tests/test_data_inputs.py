@@ -13,7 +13,7 @@ import pytest
 
 from fimaudit.data import check_inputs, digest, fit_to_spec, load_input_set, load_inputs
 from fimaudit.errors import DataError
-from fimaudit.model import InputSpec
+from fimaudit.adapter import InputSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = InputSpec((1, 8, 8))  # examples/digits.onnx takes (n, 1, 8, 8)
@@ -22,7 +22,7 @@ DIGITS = InputSpec((1, 8, 8))  # examples/digits.onnx takes (n, 1, 8, 8)
 def _audit(data: Path, out: Path) -> dict:
     res = subprocess.run(
         [sys.executable, "-m", "fimaudit.cli", "audit", str(ROOT / "examples" / "digits.onnx"), "--data", str(data),
-         "-k", "16", "--out", str(out), "-q"], check=False, capture_output=True, text=True, timeout=300,
+         "--directions", "16", "--out", str(out), "-q"], check=False, capture_output=True, text=True, timeout=300,
     )
     assert res.returncode == 0, res.stderr
     return json.loads(out.read_text())

@@ -7,8 +7,9 @@ import dataclasses
 import hashlib
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,7 +19,8 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import CryptoSigner, SSlibKey
 
-from fimaudit.dsse import (
+from fimaudit.errors import FimauditError
+from fimaudit.signing import (
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
     STATEMENT_TYPE,
@@ -27,14 +29,15 @@ from fimaudit.dsse import (
     add_signature,
     canonical_json,
     envelope_from_bytes,
+    keyid,
+    load_private_key,
+    load_public_key,
     make_statement,
     pae,
     sign_envelope,
     subject_digests,
     verify_envelope,
 )
-from fimaudit.errors import FimauditError
-from fimaudit.keys import keyid, load_private_key, load_public_key
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GOLDEN_KEYID = "4170f4e4fef9fe19c89e04189f50eb29a3f6bb92088ba16121949cd0c96f12b7"

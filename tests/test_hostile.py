@@ -81,7 +81,7 @@ def cli_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_any_cli_option_value(cli_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, option: str, value: str) -> None:
     model, data = cli_files
     out = tmp_path_factory.mktemp("out") / "r.json"
-    args = ["audit", str(model), "--data", str(data), "--out", str(out), "-q", "-k", "4", option, value]
+    args = ["audit", str(model), "--data", str(data), "--out", str(out), "-q", "--directions", "4", option, value]
     if option == "--directions":
         args = args[:-4] + [option, value]
     result = CliRunner().invoke(app, args)

@@ -56,7 +56,7 @@ def test_limit_on_large_memmap_costs_memory_of_the_audited_rows(tmp_path: Path, 
     file_mib = big.nbytes / 2**20
     del big
     np.save(tmp_path / "small.npy", mlp32.x[:10].astype(np.float32))
-    common = ("--limit", "5", "-k", "16", "-q", "--step", "0.01")
+    common = ("--limit", "5", "--directions", "16", "-q", "--step", "0.01")
     base, res = _peak_rss_kib("audit", str(mlp32.path), "--data", str(tmp_path / "small.npy"), "--out", str(tmp_path / "a.json"), *common)
     assert res.returncode == 0, res.stderr
     started = time.monotonic()
@@ -80,7 +80,7 @@ def signed(tmp_path_factory: pytest.TempPathFactory, mlp64: KnownModel) -> tuple
     np.save(d / "x.npy", mlp64.x[:2])
     assert run("keygen", "--out", str(d / "k")).returncode == 0
     res = run("audit", str(mlp64.path), "--data", str(d / "x.npy"), "--out", str(d / "r.dsse.json"),
-              "--sign", str(d / "k.key"), "-k", "16", "-q")
+              "--sign", str(d / "k.key"), "--directions", "16", "-q")
     assert res.returncode == 0, res.stderr
     return d / "r.dsse.json", d / "k.key", d / "k.pub"
 
@@ -163,7 +163,7 @@ def test_non_utf8_data_path_is_recorded_escaped(tmp_path: Path, mlp64: KnownMode
     data = _non_utf8(tmp_path, b"x\xff.npy")
     np.save(data, mlp64.x[:2])
     out = tmp_path / "r.json"
-    res = run("audit", str(mlp64.path), "--data", str(data), "--out", str(out), "-k", "16", "-q")
+    res = run("audit", str(mlp64.path), "--data", str(data), "--out", str(out), "--directions", "16", "-q")
     assert res.returncode == 0, res.stderr
     assert "Traceback" not in res.stderr
     assert json.loads(out.read_text())["data"]["source"].endswith("x\\xff.npy")
@@ -227,7 +227,7 @@ def test_onnx_input_declared_huge_is_refused(tmp_path: Path) -> None:
 def test_lone_surrogate_in_plain_report_is_refused(tmp_path: Path, signed: tuple[Path, Path, Path], mlp64: KnownModel) -> None:
     np.save(tmp_path / "x.npy", mlp64.x[:2])
     report = tmp_path / "r.json"
-    assert run("audit", str(mlp64.path), "--data", str(tmp_path / "x.npy"), "--out", str(report), "-k", "16", "-q").returncode == 0
+    assert run("audit", str(mlp64.path), "--data", str(tmp_path / "x.npy"), "--out", str(report), "--directions", "16", "-q").returncode == 0
     data = json.loads(report.read_text())
     data["model"]["reference"] = "model\ud800.onnx"
     report.write_text(json.dumps(data))  # ensure_ascii: written as the escape \ud800
@@ -236,8 +236,7 @@ def test_lone_surrogate_in_plain_report_is_refused(tmp_path: Path, signed: tuple
 
 
 def test_lone_surrogate_in_signed_payload_is_refused(tmp_path: Path, signed: tuple[Path, Path, Path]) -> None:
-    from fimaudit.attestation import load_signing_key
-    from fimaudit.dsse import PAYLOAD_TYPE, pae
+    from fimaudit.signing import PAYLOAD_TYPE, load_signing_key, pae
 
     envelope_path, key_path, pub = signed
     envelope = json.loads(envelope_path.read_text())

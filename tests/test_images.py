@@ -152,7 +152,7 @@ def test_cli_audits_an_image_folder_like_the_same_array(tmp_path: Path) -> None:
     for data, out in ((folder, tmp_path / "a.json"), (same, tmp_path / "b.json")):
         res = subprocess.run(
             [sys.executable, "-m", "fimaudit.cli", "audit", str(ROOT / "examples" / "digits.onnx"), "--data", str(data),
-             "-k", "16", "--out", str(out), "-q"], check=False, capture_output=True, text=True, timeout=300,
+             "--directions", "16", "--out", str(out), "-q"], check=False, capture_output=True, text=True, timeout=300,
         )
         assert res.returncode == 0, res.stderr
         reports.append(json.loads(out.read_text()))

@@ -183,7 +183,7 @@ def test_second_cli_audit_on_the_same_out_fails_fast(tmp_path: Path, mlp64: Know
     np.save(tmp_path / "x.npy", mlp64.x)
     out = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "fimaudit.cli", "audit", str(mlp64.path), "--data", str(tmp_path / "x.npy"),
-           "--out", str(out), "-k", "16", "-q"]
+           "--out", str(out), "--directions", "16", "-q"]
     with JournalLock(tmp_path / "report.json.journal"):  # as a first audit, still running, holds it
         second = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=300)
     assert second.returncode == 2, second.stderr

@@ -11,8 +11,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+import fimaudit.signing.keys as keys_module
 from fimaudit.errors import FimauditError
-from fimaudit.keys import (
+from fimaudit.signing import (
     KeyFileError,
     generate_keypair,
     keyid,
@@ -50,18 +51,35 @@ def encrypted_pair(tmp_path: Path) -> tuple[Path, Path]:
 def test_generate_writes_key_0600_and_pub_readable(plain_pair: tuple[Path, Path]) -> None:
     key_path, pub_path = plain_pair
     assert key_path.name == "signer.key" and pub_path.name == "signer.pub"
+    # fileio.atomic_write sets the mode explicitly (fchmod), so the umask does not change it.
     assert _mode(key_path) == 0o600
-    assert _mode(pub_path) == 0o644 & ~_current_umask()
-    assert _mode(pub_path) & stat.S_IRUSR
+    assert _mode(pub_path) == 0o644
     assert b"BEGIN PRIVATE KEY" in key_path.read_bytes()
     assert b"BEGIN PUBLIC KEY" in pub_path.read_bytes()
 
 
-def _current_umask() -> int:
-    """Read the umask without changing it for longer than one call."""
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
+def test_generate_keeps_0600_under_a_permissive_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        key_path, _ = generate_keypair(tmp_path / "signer")
+    finally:
+        os.umask(old)
+    assert _mode(key_path) == 0o600
+
+
+def test_failed_public_write_leaves_no_private_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = keys_module.atomic_write
+
+    def fail_on_pub(path: Path, data: bytes, mode: int | None = None) -> Path:
+        if Path(path).suffix == ".pub":
+            raise OSError(28, "No space left on device")
+        return real_write(path, data, mode)
+
+    monkeypatch.setattr(keys_module, "atomic_write", fail_on_pub)
+    with _raises_keyfile("No space left on device") as info:
+        generate_keypair(tmp_path / "signer")
+    assert "no new private key was left behind" in info.value.fix
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_generate_leaves_no_temp_files(tmp_path: Path) -> None:
@@ -132,7 +150,8 @@ def test_empty_passphrase_refused(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with _raises_keyfile("key file not found") as info:
         load_private_key(tmp_path / "absent.key")
-    assert info.value.fix
+    # The hint names the command a user can run, not a Python function.
+    assert "fimaudit keygen --out PREFIX" in info.value.fix
     assert info.value.exit_code == 3
     assert isinstance(info.value, FimauditError)
 
@@ -145,8 +164,9 @@ def test_directory_instead_of_file(tmp_path: Path) -> None:
 def test_not_pem(tmp_path: Path) -> None:
     path = tmp_path / "junk.key"
     path.write_bytes(b"this is not a key\n")
-    with _raises_keyfile("not a PEM key file"):
+    with _raises_keyfile("not a PEM key file") as info:
         load_private_key(path)
+    assert "fimaudit keygen --out PREFIX" in info.value.fix
 
 
 def test_corrupt_pem_body(plain_pair: tuple[Path, Path]) -> None:
@@ -203,8 +223,9 @@ def test_non_ed25519_private_key(tmp_path: Path, kind: str) -> None:
             serialization.NoEncryption(),
         )
     )
-    with _raises_keyfile("only with Ed25519"):
+    with _raises_keyfile("only with Ed25519") as info:
         load_private_key(path)
+    assert "fimaudit keygen --out PREFIX" in info.value.fix
     with _raises_keyfile("only with Ed25519"):
         load_public_key(path)
 
@@ -266,7 +287,7 @@ def test_keyid_is_stable_across_releases() -> None:
 
 def test_passphrase_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FIMAUDIT_KEY_PASSPHRASE", "pässword")
-    assert passphrase_from_env() == "pässword".encode("utf-8")
+    assert passphrase_from_env() == "pässword".encode()
     monkeypatch.setenv("OTHER_VAR", "x")
     assert passphrase_from_env("OTHER_VAR") == b"x"
 

@@ -18,7 +18,9 @@ from fimaudit.engine import QueryEngine
 from fimaudit.errors import ModelError, OutputError
 from fimaudit.estimators import EstimatorConfig, estimate_sample
 from fimaudit.conformance import check_model
-from fimaudit.model import check_batch_independence, detect_output_kind, probe_inputs, softmax
+from fimaudit.adapter import probe_inputs
+from fimaudit.model import check_batch_independence
+from fimaudit.outputs import detect_output_kind, softmax
 from fimaudit_onnx.build import mlp_to_onnx
 
 D = 6

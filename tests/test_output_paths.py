@@ -27,7 +27,7 @@ def data(tmp_path: Path, mlp64: KnownModel) -> Path:
 
 
 def _audit(model: str, data: Path, out: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return cli("audit", model, "--data", str(data), "--out", out, "-k", "16", "-q", *extra)
+    return cli("audit", model, "--data", str(data), "--out", out, "--directions", "16", "-q", *extra)
 
 
 def test_out_dev_null_is_refused_and_stays_a_device(data: Path, mlp64: KnownModel) -> None:

@@ -132,7 +132,7 @@ def test_cli_render_and_compare(tmp_path: Path) -> None:
     assert run("keygen", "--out", str(tmp_path / "k")).returncode == 0
     signed, plain = tmp_path / "r.dsse.json", tmp_path / "plain.json"
     for out, extra in ((signed, ["--sign", str(tmp_path / "k.key")]), (plain, [])):
-        made = run("audit", str(EXAMPLE), "--data", str(DATA), "--limit", "8", "-k", "16", "--out", str(out), "-q", *extra)
+        made = run("audit", str(EXAMPLE), "--data", str(DATA), "--limit", "8", "--directions", "16", "--out", str(out), "-q", *extra)
         assert made.returncode == 0, made.stderr
     refused = run("render", str(signed))
     assert refused.returncode == 2 and "pass --key" in refused.stderr
@@ -141,7 +141,7 @@ def test_cli_render_and_compare(tmp_path: Path) -> None:
     assert "k.pub" in (tmp_path / "r.html").read_text()
     parse((tmp_path / "r.html").read_text())
     compared = run("compare", str(plain), str(signed), "--key", str(tmp_path / "k.pub"))
-    assert compared.returncode == 5 and "malformed envelope" in compared.stderr  # with --key, both must be signed
+    assert compared.returncode == 5 and "unsigned fimaudit report" in compared.stderr  # with --key, both must be signed
     assert run("compare", str(signed), str(signed), "--key", str(tmp_path / "k.pub")).returncode == 0
     both = run("compare", str(plain), str(plain), "--json", str(tmp_path / "c.json"))
     assert both.returncode == 0 and "no clear difference" in both.stdout

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import fimaudit
-from fimaudit.cli import FLAG_MEANINGS
+from fimaudit.report import FLAG_MEANINGS
 from fimaudit.render import render_html
 from fimaudit.report import AuditReport, SampleResult
 

@@ -98,7 +98,7 @@ def test_resume_skips_finished_samples_and_refuses_another_audit(tmp_path: Path,
 
 def _cli(known: KnownModel, data: Path, out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "fimaudit.cli", "audit", str(known.path), "--data", str(data), "--out", str(out),
-            "-k", "64", "--estimator", "sketch", "-q", "--limit", "120", *extra]
+            "--directions", "64", "--estimator", "sketch", "-q", "--limit", "120", *extra]
 
 
 def test_cli_resumes_the_same_command_and_refuses_a_changed_one(tmp_path: Path, slow_audit: tuple[KnownModel, Path]) -> None:

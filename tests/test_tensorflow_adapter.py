@@ -161,10 +161,31 @@ def test_identity_matches_the_documented_shell_recipe(saved: dict[str, Path]) ->
 def test_cli_audits_a_saved_model_directory(saved: dict[str, Path], tmp_path: Path) -> None:
     data, out = tmp_path / "x.npy", tmp_path / "report.json"
     np.save(data, inputs(3, seed=4))
-    cmd = [sys.executable, "-m", "fimaudit.cli", "audit", str(saved["probs"]), "--data", str(data), "--out", str(out), "-k", "16", "--estimator", "sketch", "-q"]
+    cmd = [sys.executable, "-m", "fimaudit.cli", "audit", str(saved["probs"]), "--data", str(data), "--out", str(out), "--directions", "16", "--estimator", "sketch", "-q"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())
     assert report["model"]["adapter"] == "tensorflow" and report["model"]["output_kind"] == "probabilities"
     assert report["model"]["sha256"] == manifest_digest(saved["probs"])[0]
     assert report["summary"]["n"] == 3 and all(s["lambda_max"] > 0 for s in report["samples"])
+
+
+def test_open_height_and_width_take_input_shape_or_the_data(tmp_path: Path) -> None:
+    """A signature with height and width left open (None): refused without a shape, audited with
+    input_shape or the data's shape, and named by the same directory digest either way."""
+    keras.utils.set_random_seed(0)
+    inp = keras.Input(shape=(None, None, 2), name="pixels")
+    h = keras.layers.Conv2D(3, 3, padding="same", activation="tanh")(inp)
+    out = keras.layers.Dense(CLASSES)(keras.layers.GlobalAveragePooling2D()(h))
+    path = tmp_path / "open_hw"
+    keras.Model(inp, out).export(str(path), format="tf_saved_model", verbose=False)
+    with pytest.raises(fimaudit.UsageError, match=r"leaves input dims open: \(\?, \?, 2\)"):
+        fimaudit.load_model(path)
+    given = fimaudit.load_model(path, input_shape=(5, 7, 2))
+    from_data = fimaudit.load_model(path, data_shape=SHAPE)
+    assert given.input_spec.shape == (5, 7, 2) and from_data.input_spec.shape == SHAPE
+    assert given.identity.extra["input_shape_from"] == "input_shape" and from_data.identity.extra["input_shape_from"] == "data"
+    assert given.identity.sha256 == from_data.identity.sha256 == fimaudit_tensorflow.directory_digest(path)[0]
+    with pytest.raises(fimaudit.UsageError, match=r"input_shape \(5, 7, 3\) does not fit"):
+        fimaudit.load_model(path, input_shape=(5, 7, 3))
+    check_model(from_data)

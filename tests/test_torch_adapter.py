@@ -403,7 +403,7 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 def test_cli_audits_torch_files(kind: str, files: dict[str, Path], tmp_path: Path) -> None:
     data, out = tmp_path / "x.npy", tmp_path / "report.json"
     np.save(data, inputs(3, seed=7))
-    res = cli("audit", str(files[kind]), "--data", str(data), "--out", str(out), "-k", "16", "--estimator", "sketch", "-q")
+    res = cli("audit", str(files[kind]), "--data", str(data), "--out", str(out), "--directions", "16", "--estimator", "sketch", "-q")
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())
     assert report["model"]["adapter"] == "torch" and report["model"]["sha256"] == sha256(files[kind])
@@ -433,7 +433,7 @@ def test_white_box_mode_from_python_and_cli(files: dict[str, Path], tmp_path: Pa
         assert lo * 0.5 <= white.lambda_max <= hi * 2  # and it is in the right place
     data, out = tmp_path / "x.npy", tmp_path / "r.json"
     np.save(data, x)
-    res = cli("audit", str(files["export"]), "--data", str(data), "--out", str(out), "-k", "16", "-q", "--white-box")
+    res = cli("audit", str(files["export"]), "--data", str(data), "--out", str(out), "--directions", "16", "-q", "--white-box")
     assert res.returncode == 0, res.stderr
     assert all(s["lambda_max_white_box"] is not None for s in json.loads(out.read_text())["samples"])
 

@@ -348,7 +348,7 @@ def test_cli_audits_over_http_and_grpc(triton: TritonServer, tmp_path: Path) -> 
 def test_cli_verify_endpoint_fingerprint(triton: TritonServer, tmp_path: Path) -> None:
     data, out = tmp_path / "x.npy", tmp_path / "r.json"
     np.save(data, X[:2])
-    assert run_cli("audit", triton.url("digits", "http", "1"), "--data", str(data), "-k", "8", "--out", str(out), "-q").returncode == 0
+    assert run_cli("audit", triton.url("digits", "http", "1"), "--data", str(data), "--directions", "8", "--out", str(out), "-q").returncode == 0
     same = run_cli("verify", str(out), "--endpoint", triton.url("digits", "grpc", "1"))
     assert same.returncode == 0, same.stderr
     assert "matches the audited fingerprint" in same.stdout
@@ -363,7 +363,7 @@ def test_cli_signs_an_endpoint_report(triton: TritonServer, tmp_path: Path) -> N
     np.save(data, X[:2])
     assert run_cli("keygen", "--out", str(key)).returncode == 0
     url = triton.url("digits", "grpc", "1")
-    made = run_cli("audit", url, "--data", str(data), "-k", "8", "--sign", str(key) + ".key", "--out", str(out), "-q")
+    made = run_cli("audit", url, "--data", str(data), "--directions", "8", "--sign", str(key) + ".key", "--out", str(out), "-q")
     assert made.returncode == 0, made.stderr
     checked = run_cli("verify", str(out), "--key", str(key) + ".pub", "--endpoint", triton.url("digits", "http", "1"))
     assert checked.returncode == 0, checked.stderr
@@ -375,7 +375,7 @@ def test_cli_signs_an_endpoint_report(triton: TritonServer, tmp_path: Path) -> N
 def test_cli_unversioned_url(triton: TritonServer, tmp_path: Path) -> None:
     data, out = tmp_path / "x.npy", tmp_path / "r.json"
     np.save(data, X[:3])
-    res = run_cli("audit", triton.url("digits"), "--data", str(data), "--out", str(out), "-k", "8")
+    res = run_cli("audit", triton.url("digits"), "--data", str(data), "--out", str(out), "--directions", "8")
     assert res.returncode == 0, res.stderr
     assert json.loads(out.read_text())["model"]["extra"]["model_version"] == "2"
 

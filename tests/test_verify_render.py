@@ -19,14 +19,21 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import fimaudit
-from fimaudit.attestation import AuditPredicate, attest, content_problems, verify
-from fimaudit.dsse import SignatureError, make_statement, sign_envelope
 from fimaudit.errors import UsageError
 from fimaudit.fileio import atomic_write
-from fimaudit.keys import keyid
 from fimaudit.policy import PolicyResult, load_policy
 from fimaudit.render import MAX_TEXT, render_html
 from fimaudit.report import AuditReport
+from fimaudit.signing import (
+    AuditPredicate,
+    SignatureError,
+    attest,
+    content_problems,
+    keyid,
+    make_statement,
+    sign_envelope,
+    verify,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits.onnx"

@@ -7,6 +7,11 @@ deterministic, so rerunning this script rewrites byte-identical files.
 If it ever produces different files, the signing format has changed and
 old reports may no longer verify: that is what tests/test_dsse.py guards.
 
+audit_report_v1.1.dsse.json is NOT made here and must never be regenerated: it is a
+real report (examples/digits.onnx, 4 inputs, examples/policy.toml) that fimaudit 0.2.0
+(report schema 1.1) signed with test_signer.key, kept so that tests/test_attest.py proves
+old signed reports still verify. Remaking it would only prove that new ones do.
+
 THE PRIVATE KEY HERE IS PUBLIC. It exists only for tests; never trust it.
 """
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fimaudit.dsse import make_statement, sign_envelope
+from fimaudit.signing import make_statement, sign_envelope
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 SEED_LABEL = b"fimaudit golden test signer v1"

@@ -7,12 +7,20 @@ from typing import Any
 
 import numpy as np
 
-from fimaudit.errors import ModelError, UsageError
-from fimaudit.fileio import file_sha256, manifest_sha256
-from fimaudit.model import (
-    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, output_form, probe_inputs, run_in_fixed_batches,
+from fimaudit.adapter import (
+    SHAPE_SOURCES,
+    InputSpec,
+    ModelIdentity,
+    OutputKind,
+    ProbabilityModel,
+    SimpleAdapter,
+    file_sha256,
+    manifest_sha256,
+    one_line,
+    resolve_input_shape,
 )
-from fimaudit.registry import SimpleAdapter
+from fimaudit.errors import ModelError, UsageError
+from fimaudit.adapter import output_form, probe_inputs, run_in_fixed_batches
 
 __all__ = ["OnnxModel", "adapter", "external_data_files", "load", "model_files"]
 
@@ -23,6 +31,17 @@ _MAX_DYNAMIC_BATCH = 1024
 # Refuse one input larger than this: probing and perturbing it needs several copies in memory, and
 # a declared shape like [N, 1000000, 1000000] (4 TB an input) is a broken export, not a model to audit.
 _MAX_INPUT_BYTES = 2**30
+
+# What `load` takes; fimaudit.load_model refuses anything else before the file is opened.
+OPTIONS = {
+    "outputs": "declare the outputs: probabilities, logits or sigmoid (default: detected)",
+    "output_name": "the output to audit (default: the float output named like 'prob', else the first)",
+    "input_name": "the input to perturb, for a model listing several (CLI: --input NAME)",
+    "input_shape": "one input's shape without the batch axis, for inputs with open dims (CLI: --input-shape)",
+    "data_shape": "one input's shape in the audited data, used where the file leaves dims open",
+    "max_batch_size": "most inputs per onnxruntime call (default: from the input size, at most 1024)",
+    "providers": "onnxruntime execution providers, in order (default: CUDA when present, then CPU)",
+}
 
 
 class OnnxModel(ProbabilityModel):
@@ -37,6 +56,8 @@ class OnnxModel(ProbabilityModel):
         input_name: str | None = None,
         max_batch_size: int | None = None,
         providers: list[str] | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        data_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.path = Path(path)
         if not self.path.is_file():
@@ -46,16 +67,22 @@ class OnnxModel(ProbabilityModel):
         self._session = _open_session(self.path, providers)
         self._input = _pick_input(self._session, input_name)
         self._output = _pick_output(self._session, output_name)
-        self.input_spec, self._fixed_batch = _input_spec(self._input)
+        self.input_spec, self._fixed_batch, self._shape_from = _input_spec(self._input, input_shape, data_shape, self.path)
         self.output_dtype = _DTYPES.get(self._output.type, "float32")
         self.fixed_batch_size = self._fixed_batch
         self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
         self.num_classes, self.output_kind = output_form(self._width(), outputs or self._softmax_head(), self._probe)
+        if self._shape_from != "model":
+            self._probe(1)  # a shape chosen outside the file is run once here, so a wrong one is named as such
         self._sha256 = _files_sha256(self._files)
 
     @property
     def identity(self) -> ModelIdentity:
         extra = {"input": self._input.name, "output": self._output.name, "output_dtype": self.output_dtype}
+        if self._shape_from != "model":
+            # The file leaves some input dims open: say which shape was audited, and who chose it.
+            extra["input_shape"] = ",".join(map(str, self.input_spec.shape))
+            extra["input_shape_from"] = self._shape_from
         if len(self._files) > 1:
             # The weights live beside the .onnx file: the identity must change when they do.
             extra["external_data"] = ", ".join(_relative_name(f, self.path.parent) for f in self._files[1:])
@@ -84,12 +111,21 @@ class OnnxModel(ProbabilityModel):
         return np.asarray(out)
 
     def _probe(self, n: int = 4) -> np.ndarray:
+        shape = list(self.input_spec.shape)
         try:
             return np.asarray(self._raw_predict(probe_inputs(self.input_spec, n)))
         except MemoryError as exc:  # inputs under _MAX_INPUT_BYTES can still outgrow a small machine
             raise ModelError(
-                f"out of memory probing {self.path} with {n} input(s) of shape {list(self.input_spec.shape)} ({self.input_spec.dtype}).",
+                f"out of memory probing {self.path} with {n} input(s) of shape {shape} ({self.input_spec.dtype}).",
                 "check the model's declared input shape, or audit on a machine with more memory",
+            ) from exc
+        except Exception as exc:
+            if self._shape_from == "model":
+                raise  # the file's own shape: a broken model, reported as before
+            # onnxruntime raises its own types when a shape it was not built for reaches a Reshape or Gemm.
+            raise ModelError(
+                f"{self.path} fails on inputs of shape {shape} (taken from {SHAPE_SOURCES[self._shape_from]}): {one_line(exc)}",
+                "pass the shape of one input the model was built for, input_shape= (CLI: --input-shape)",
             ) from exc
 
     def _width(self) -> int:
@@ -134,16 +170,27 @@ def _default_providers(available: list[str]) -> list[str]:
 
 
 def _pick_input(session: Any, name: str | None) -> Any:
+    """The input to perturb. onnxruntime lists only required inputs (overridable initializers keep
+    their stored values), and fimaudit feeds one, so a model must need exactly that one."""
     inputs = session.get_inputs()
-    if name is None:
-        if len(inputs) != 1:
-            names = [i.name for i in inputs]
-            raise ModelError(f"the model has {len(inputs)} inputs {names}.", "name the one to audit with input_name= (CLI: --input NAME)")
-        return inputs[0]
-    for item in inputs:
-        if item.name == name:
-            return item
-    raise UsageError(f"the model has no input named '{name}'.", f"choose one of {[i.name for i in inputs]}")
+    names = [i.name for i in inputs]
+    if name is None and len(inputs) != 1:
+        raise UsageError(
+            f"the model has {len(inputs)} inputs {names}; fimaudit perturbs one and feeds no others.",
+            "name the input to audit with --input NAME (input_name=); the model must not require the others, "
+            "so re-export it with them fixed as constants",
+        )
+    chosen = [i for i in inputs if name is None or i.name == name]
+    if not chosen:
+        raise UsageError(f"the model has no input named '{name}'.", f"choose one of {names} with --input NAME (input_name=)")
+    picked = chosen[0].name
+    others = [n for n in names if n != picked]
+    if others:
+        raise ModelError(
+            f"the model also requires the inputs {others}, and fimaudit feeds only the one it perturbs ('{picked}').",
+            f"re-export the model with {others} fixed as constants, so that '{picked}' is its only input",
+        )
+    return chosen[0]
 
 
 def _pick_output(session: Any, name: str | None) -> Any:
@@ -163,22 +210,24 @@ def _pick_output(session: Any, name: str | None) -> Any:
     return (named or tensors)[0]
 
 
-def _input_spec(item: Any) -> tuple[InputSpec, int | None]:
+def _input_spec(
+    item: Any, given: tuple[int, ...] | None, data: tuple[int, ...] | None, path: Path,
+) -> tuple[InputSpec, int | None, str]:
+    """(spec, fixed batch size or None, where the shape came from: "model", "input_shape", "data").
+
+    Dims the file leaves open after the batch axis (dynamic height and width) are filled from the
+    input_shape option, else from the data; the file itself is never changed, so its digest stays.
+    """
     dtype = _DTYPES.get(item.type)
     if dtype is None:
         raise ModelError(f"the input '{item.name}' has type {item.type}; fimaudit perturbs floating-point inputs.", "audit a model with a float input")
     dims = list(item.shape)
     if not dims:
         raise ModelError(f"the input '{item.name}' is a scalar.", "audit a model whose input has a batch axis")
-    rest = dims[1:]
-    if not all(isinstance(v, int) and v > 0 for v in rest):
-        raise ModelError(
-            f"the input '{item.name}' has shape {dims} with symbolic dimensions after the batch axis.",
-            "export the model with a fixed input shape (only the batch axis may be dynamic)",
-        )
+    shape, source = resolve_input_shape(dims[1:], given=given, data=data, model=f"the input '{item.name}' of {path}")
     fixed = dims[0] if isinstance(dims[0], int) and dims[0] > 0 else None
-    _check_input_size(item.name, dims, dtype)
-    return InputSpec(shape=tuple(int(v) for v in rest), dtype=dtype), fixed
+    _check_input_size(item.name, [dims[0], *shape], dtype)
+    return InputSpec(shape=shape, dtype=dtype), fixed, source
 
 
 def _check_input_size(name: str, dims: list[Any], dtype: str) -> None:
@@ -268,7 +317,10 @@ def _all_tensors(model: Any) -> Iterator[Any]:
 def _location(tensor: Any, path: Path) -> str:
     entries = {entry.key: entry.value for entry in tensor.external_data}
     if not entries.get("location"):
-        raise ModelError(f"the tensor '{tensor.name}' in {path} is external but names no location.", "re-save the model with onnx.save_model(..., save_as_external_data=True)")
+        raise ModelError(
+            f"the tensor '{tensor.name}' in {path} is external but names no location.",
+            "re-save the model with onnx.save_model(..., save_as_external_data=True)",
+        )
     return entries["location"]
 
 
@@ -300,4 +352,6 @@ def load(reference: str, **options: Any) -> OnnxModel:
     return OnnxModel(reference, **options)
 
 
-adapter = SimpleAdapter(name="onnx", package="fimaudit-onnx", loader=load, suffixes=(".onnx",), model_files=model_files)
+adapter = SimpleAdapter(
+    name="onnx", package="fimaudit-onnx", loader=load, suffixes=(".onnx",), file_lister=model_files, options=OPTIONS,
+)

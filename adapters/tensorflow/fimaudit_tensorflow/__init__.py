@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from fimaudit.registry import SimpleAdapter
-from fimaudit_tensorflow.manifest import directory_digest
+from fimaudit.adapter import SimpleAdapter, directory_digest
 
 if TYPE_CHECKING:
     from fimaudit_tensorflow.model import SavedModel
@@ -35,11 +34,25 @@ def is_saved_model_dir(reference: str) -> bool:
     return path.is_dir() and (path / "saved_model.pb").is_file()
 
 
+# What `load` takes; fimaudit.load_model refuses anything else before TensorFlow is imported.
+OPTIONS = {
+    "signature": "the signature to audit (default: serving_default)",
+    "input_name": "the signature input to perturb, for one with several (CLI: --input NAME)",
+    "output_name": "the output to audit (default: the float output named like 'prob', else the first)",
+    "outputs": "declare the outputs: probabilities or logits (default: detected)",
+    "max_batch_size": "most inputs per call (default: from the input size, at most 1024)",
+    "input_shape": "one input's shape without the batch axis, for inputs with open dims (CLI: --input-shape)",
+    "data_shape": "one input's shape in the audited data, used where the signature leaves dims open",
+}
+
+
 def load(reference: str, **options: Any) -> SavedModel:
-    """Options: signature, input_name, output_name, outputs, max_batch_size (see SavedModel)."""
+    """Options: see OPTIONS (and SavedModel)."""
     from fimaudit_tensorflow.model import SavedModel
 
     return SavedModel(reference, **options)
 
 
-adapter = SimpleAdapter(name="tensorflow", package="fimaudit-tensorflow", loader=load, extra_check=is_saved_model_dir)
+adapter = SimpleAdapter(
+    name="tensorflow", package="fimaudit-tensorflow", loader=load, extra_check=is_saved_model_dir, options=OPTIONS,
+)

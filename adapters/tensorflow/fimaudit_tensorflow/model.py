@@ -15,9 +15,18 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from fimaudit.errors import ModelError, UsageError  # noqa: E402
-from fimaudit.model import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, detect_output_kind, probe_outputs, run_in_fixed_batches  # noqa: E402
-from fimaudit_tensorflow.manifest import directory_digest  # noqa: E402
+from fimaudit.adapter import (  # noqa: E402
+    SHAPE_SOURCES,
+    InputSpec,
+    ModelIdentity,
+    OutputKind,
+    ProbabilityModel,
+    directory_digest,
+    one_line,
+    resolve_input_shape,
+)
+from fimaudit.errors import FimauditError, ModelError, UsageError  # noqa: E402
+from fimaudit.adapter import detect_output_kind, probe_outputs, run_in_fixed_batches  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
 _DTYPES = {tf.float32: "float32", tf.float64: "float64", tf.float16: "float16"}
@@ -42,6 +51,8 @@ class SavedModel(ProbabilityModel):
         output_name: str | None = None,
         outputs: OutputKind | None = None,
         max_batch_size: int | None = None,
+        input_shape: tuple[int, ...] | None = None,
+        data_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.path = Path(path)
         self._loaded = _load(self.path)  # keeps the signature's variables alive
@@ -49,7 +60,7 @@ class SavedModel(ProbabilityModel):
         self._fn = _pick_signature(self._loaded, self._signature, self.path)
         self._input, spec = _pick_input(self._fn, input_name)
         self._output, out_spec = _pick_output(self._fn, output_name)
-        self.input_spec, self._fixed_batch = _input_spec(self._input, spec)
+        self.input_spec, self._fixed_batch, self._shape_from = _input_spec(self._input, spec, input_shape, data_shape)
         self.fixed_batch_size = self._fixed_batch
         self.output_dtype = _DTYPES.get(out_spec.dtype, "float32")
         self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
@@ -78,8 +89,15 @@ class SavedModel(ProbabilityModel):
                 "output_dtype": self.output_dtype,
                 "manifest_files": str(self._files),
                 "sha256_of": "manifest of per-file sha256 lines '<sha256>  <path>', sorted by path",
+                **self._shape_extra(),
             },
         )
+
+    def _shape_extra(self) -> dict[str, str]:
+        """For a signature that leaves input dims open: the shape audited, and who chose it."""
+        if self._shape_from == "model":
+            return {}
+        return {"input_shape": ",".join(map(str, self.input_spec.shape)), "input_shape_from": self._shape_from}
 
     def _call(self, batch: np.ndarray) -> np.ndarray:
         result = self._fn(**{self._input: tf.constant(batch)})
@@ -90,7 +108,19 @@ class SavedModel(ProbabilityModel):
         return run_in_fixed_batches(batch, size, self._call)
 
     def _probe(self) -> np.ndarray:
-        return probe_outputs(self, self._fixed_batch or 2, f"the output '{self._output}'", "name the class-score output with output_name= (CLI: --output NAME)")
+        try:
+            fix = "name the class-score output with output_name= (CLI: --output NAME)"
+            return probe_outputs(self, self._fixed_batch or 2, f"the output '{self._output}'", fix)
+        except FimauditError:
+            raise
+        except Exception as exc:
+            if self._shape_from == "model":
+                raise  # the signature's own shape: a broken model, reported as before
+            # A shape the graph was not built for fails inside TensorFlow with its own error types.
+            raise ModelError(
+                f"{self.path} fails on inputs of shape {self.input_spec.shape} (taken from {SHAPE_SOURCES[self._shape_from]}): {one_line(exc)}",
+                "pass the shape of one input the model was built for, input_shape= (CLI: --input-shape)",
+            ) from exc
 
 
 def _load(path: Path) -> Any:
@@ -139,17 +169,20 @@ def _pick_output(fn: Any, name: str | None) -> tuple[str, tf.TensorSpec]:
     return chosen, outputs[chosen]
 
 
-def _input_spec(name: str, spec: tf.TensorSpec) -> tuple[InputSpec, int | None]:
+def _input_spec(
+    name: str, spec: tf.TensorSpec, given: tuple[int, ...] | None, data: tuple[int, ...] | None,
+) -> tuple[InputSpec, int | None, str]:
+    """(spec, fixed batch or None, where the shape came from): open dims after the batch axis are
+    filled from input_shape, else from the data (resolve_input_shape)."""
     dtype = _DTYPES.get(spec.dtype)
     if dtype is None:
         raise ModelError(f"the input '{name}' has dtype {spec.dtype.name}; fimaudit perturbs floating-point inputs.", "audit a model with a float input")
     dims = spec.shape.as_list() if spec.shape.rank is not None else None
-    if not dims or any(v is None for v in dims[1:]):
-        raise ModelError(
-            f"the input '{name}' has shape {dims}: only the batch axis may be unknown.",
-            "export the model with a fixed input shape after the batch axis",
-        )
-    return InputSpec(shape=tuple(int(v) for v in dims[1:]), dtype=dtype), dims[0]
+    if dims is not None and not dims:
+        raise ModelError(f"the input '{name}' is a scalar.", "audit a model whose input has a batch axis")
+    declared = None if dims is None else dims[1:]
+    shape, source = resolve_input_shape(declared, given=given, data=data, model=f"the input '{name}'")
+    return InputSpec(shape=shape, dtype=dtype), (dims[0] if dims else None), source
 
 
 def _dynamic_batch(spec: InputSpec) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from fimaudit.registry import SimpleAdapter
+from fimaudit.adapter import SimpleAdapter
 
 if TYPE_CHECKING:
     from fimaudit_torch.bound import relu_network_bound
@@ -22,6 +22,17 @@ if TYPE_CHECKING:
 __all__ = ["TorchModel", "WhiteBoxFisher", "adapter", "load", "relu_network_bound", "save_torchscript"]
 
 SUFFIXES = (".pt", ".ts", ".pt2", ".pth")
+
+# What `load` takes; fimaudit.load_model refuses anything else before torch is imported.
+OPTIONS = {
+    "factory": "a callable building the nn.Module whose weights a state_dict file (.pth) holds",
+    "input_shape": "one input's shape without the batch axis, where the file records none (CLI: --input-shape)",
+    "data_shape": "one input's shape in the audited data, used where the file records none",
+    "outputs": "declare the outputs: probabilities or logits (default: detected)",
+    "output_name": "the key (dict outputs) or index (tuple outputs) of the class scores",
+    "max_batch_size": "most inputs per forward call (default: from the input size, at most 1024)",
+    "device": "torch device to run on, e.g. cpu or cuda:1 (default: CUDA when available)",
+}
 
 # Public name -> submodule that defines it, imported on first access.
 _LAZY = {
@@ -47,4 +58,4 @@ def load(reference: str, **options: Any) -> TorchModel:
     return load_file(reference, **options)
 
 
-adapter = SimpleAdapter(name="torch", package="fimaudit-torch", loader=load, suffixes=SUFFIXES)
+adapter = SimpleAdapter(name="torch", package="fimaudit-torch", loader=load, suffixes=SUFFIXES, options=OPTIONS)

@@ -14,7 +14,6 @@ TorchScript or a torch.save pickle):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import pickle
@@ -100,8 +99,9 @@ def load_export(path: Path) -> Any:
         raise ModelError(f"torch.export.load cannot read {path}: {exc}", "check that the file was written by torch.export.save") from exc
 
 
-def export_input(program: Any, path: Path) -> tuple[tuple[int, ...], torch.dtype, int | None]:
-    """(shape without batch, dtype, fixed batch size or None) of the program's one tensor input."""
+def export_input(program: Any, path: Path) -> tuple[tuple[int | None, ...], torch.dtype, int | None]:
+    """(shape without batch, None for a symbolic size; dtype; fixed batch size or None) of the
+    program's one tensor input."""
     users = list(program.graph_signature.user_inputs)
     metas = [n.meta.get("val") for n in program.graph.nodes if n.op == "placeholder" and n.name in users]
     if len(metas) != 1 or not isinstance(metas[0], torch.Tensor) or metas[0].dim() < 2:
@@ -110,13 +110,9 @@ def export_input(program: Any, path: Path) -> tuple[tuple[int, ...], torch.dtype
             "export a wrapper module whose forward takes the one input to audit",
         )
     dims = list(metas[0].shape)
-    if not all(isinstance(v, int) for v in dims[1:]):
-        raise ModelError(
-            f"{path} has symbolic dimensions after the batch axis ({dims}).",
-            "export with dynamic_shapes on the batch axis only",
-        )
     fixed = dims[0] if isinstance(dims[0], int) else None
-    return tuple(int(v) for v in dims[1:]), metas[0].dtype, fixed
+    # Symbolic sizes (exported with dynamic height or width) are None: the shape is chosen at load.
+    return tuple(int(v) if isinstance(v, int) else None for v in dims[1:]), metas[0].dtype, fixed
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -170,11 +166,3 @@ def _quiet_torchscript() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`torch.jit", category=DeprecationWarning)
         yield
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

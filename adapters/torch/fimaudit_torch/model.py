@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fimaudit.errors import ModelError, OutputError, UsageError
-from fimaudit.model import (
-    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, detect_output_kind, probe_outputs, run_in_fixed_batches,
-)
+from fimaudit.adapter import SHAPE_SOURCES, InputSpec, ModelIdentity, OutputKind, ProbabilityModel, file_sha256, one_line, resolve_input_shape
+from fimaudit.errors import FimauditError, ModelError, OutputError, UsageError
+from fimaudit.adapter import detect_output_kind, probe_outputs, run_in_fixed_batches
 from fimaudit_torch import files
 from fimaudit_torch.bound import relu_network_bound
 from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
@@ -33,7 +32,8 @@ class TorchModel(ProbabilityModel):
 
     Queries run under torch.inference_mode on CUDA when available (else CPU). `input_shape` is one
     input's shape without the batch axis; `outputs` overrides the probabilities/logits detection;
-    `output_name` picks a key (dict outputs) or an index (tuple outputs).
+    `output_name` picks a key (dict outputs) or an index (tuple outputs). `shape_from` ("input_shape"
+    or "data") says who chose the shape of a file that records none; the report names it.
     """
 
     def __init__(
@@ -50,6 +50,7 @@ class TorchModel(ProbabilityModel):
         reference: str = "<torch.nn.Module>",
         sha256: str | None = None,
         source: str = "module",
+        shape_from: str | None = None,
     ) -> None:
         if input_shape is None:
             raise UsageError(
@@ -62,6 +63,7 @@ class TorchModel(ProbabilityModel):
         self._module = _prepare(module, self.device)
         self._dtype = input_dtype or _parameter_dtype(self._module)
         self._output_name = output_name
+        self._reference, self._sha256, self._source, self._shape_from = reference, sha256, source, shape_from
         self._fixed_batch = fixed_batch
         self.fixed_batch_size = fixed_batch
         self.input_spec = InputSpec(shape=tuple(int(v) for v in input_shape), dtype=_DTYPES.get(self._dtype, "float32"))
@@ -70,7 +72,6 @@ class TorchModel(ProbabilityModel):
         self.num_classes = int(probe.shape[1])
         self.output_dtype = str(probe.dtype) if probe.dtype in (np.float16, np.float64) else "float32"
         self.output_kind: OutputKind = outputs or detect_output_kind(probe)
-        self._reference, self._sha256, self._source = reference, sha256, source
         self._module64: tuple[torch.nn.Module, bool] | None = None
 
     # -- the ProbabilityModel contract ------------------------------------------------------
@@ -84,6 +85,9 @@ class TorchModel(ProbabilityModel):
     @property
     def identity(self) -> ModelIdentity:
         extra = {"format": self._source, "input_dtype": self.input_spec.dtype}
+        if self._shape_from is not None:
+            extra["input_shape"] = ",".join(map(str, self.input_spec.shape))
+            extra["input_shape_from"] = self._shape_from
         if self._sha256 is None:
             extra["weights_sha256"] = _weights_sha256(self._module)
         bound = self.sanity_bound
@@ -174,7 +178,19 @@ class TorchModel(ProbabilityModel):
             return _to_numpy(self.forward(self._module, x))
 
     def _probe(self) -> np.ndarray:
-        return probe_outputs(self, self._fixed_batch or 2, "the module's output", "wrap the module so that forward returns class probabilities or logits of shape (batch, classes)")
+        try:
+            fix = "wrap the module so that forward returns class probabilities or logits of shape (batch, classes)"
+            return probe_outputs(self, self._fixed_batch or 2, "the module's output", fix)
+        except FimauditError:
+            raise
+        except Exception as exc:  # torch raises RuntimeError (and others) from C++ on a wrong input shape
+            raise ModelError(
+                f"{self._reference} fails on probe inputs of shape {self.input_spec.shape}{self._shape_note()}: {one_line(exc)}",
+                "pass the shape of one input the module was built for, input_shape=(C, H, W) (CLI: --input-shape)",
+            ) from exc
+
+    def _shape_note(self) -> str:
+        return f" (taken from {SHAPE_SOURCES.get(self._shape_from, self._shape_from)})" if self._shape_from is not None else ""
 
     @classmethod
     def from_state_dict(cls, path: str | Path, factory: Factory, **options: Any) -> TorchModel:
@@ -182,7 +198,7 @@ class TorchModel(ProbabilityModel):
         return _from_state_dict(Path(path), factory, options)
 
 
-def _from_state_dict(path: Path, factory: Factory, options: dict[str, Any]) -> TorchModel:
+def _from_state_dict(path: Path, factory: Factory, options: dict[str, Any], data_shape: tuple[int, ...] | None = None) -> TorchModel:
     _require_file(path)
     state = files.load_state_dict(path)
     module = factory()
@@ -192,23 +208,28 @@ def _from_state_dict(path: Path, factory: Factory, options: dict[str, Any]) -> T
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelError(f"the weights in {path} do not fit the factory's module: {exc}", "pass the factory the weights were saved from") from exc
-    return TorchModel(module, reference=str(path), sha256=files.file_sha256(path), source="state_dict", **options)
+    shape, source = resolve_input_shape(None, given=options.pop("input_shape", None), data=data_shape, model=f"the state_dict {path}")
+    return TorchModel(
+        module, input_shape=shape, reference=str(path), sha256=file_sha256(path), source="state_dict",
+        shape_from=_named_source(source), **options,
+    )
 
 
-def load_file(reference: str, *, factory: Factory | None = None, **options: Any) -> TorchModel:
+def load_file(reference: str, *, factory: Factory | None = None, data_shape: tuple[int, ...] | None = None, **options: Any) -> TorchModel:
     """Load a TorchScript file, a torch.export program, or (with `factory`) a state_dict.
 
-    options: input_shape, outputs, output_name, max_batch_size, device (see TorchModel).
+    options: input_shape, outputs, output_name, max_batch_size, device (see TorchModel); data_shape,
+    one input's shape in the audited data, is used where the file records no shape.
     """
     path = Path(reference)
     if factory is not None:
-        return _from_state_dict(path, factory, options)
+        return _from_state_dict(path, factory, options, data_shape)
     _require_file(path)
     kind = files.sniff_format(path)
     if kind == "export":
-        return _from_export(path, options)
+        return _from_export(path, options, data_shape)
     if kind == "torchscript":
-        return _from_torchscript(path, options)
+        return _from_torchscript(path, options, data_shape)
     raise UsageError(
         f"{path} is a torch.save file (a state_dict or pickle), which holds no architecture.",
         "load it from Python: fimaudit.load_model(path, factory=MyNet, input_shape=...), or save the "
@@ -216,29 +237,33 @@ def load_file(reference: str, *, factory: Factory | None = None, **options: Any)
     )
 
 
-def _from_torchscript(path: Path, options: dict[str, Any]) -> TorchModel:
+def _from_torchscript(path: Path, options: dict[str, Any], data_shape: tuple[int, ...] | None) -> TorchModel:
     device = options.get("device") or _default_device()
     module, recorded = files.load_torchscript(path, str(device))
-    shape = options.pop("input_shape", None) or recorded
-    if shape is None:
-        raise UsageError(
-            f"the TorchScript file {path} does not record its input shape.",
-            "save it with fimaudit_torch.save_torchscript(module, path, input_shape), or pass "
-            "input_shape=(C, H, W) from Python, or export a .pt2 with torch.export (it records the shape)",
-        )
-    return TorchModel(module, input_shape=shape, reference=str(path), sha256=files.file_sha256(path), source="torchscript", **options)
+    shape, source = resolve_input_shape(
+        recorded, given=options.pop("input_shape", None), data=data_shape, model=f"the TorchScript file {path}",
+        fix="save it with fimaudit_torch.save_torchscript(module, path, input_shape), or export a .pt2 with torch.export (it records the shape)",
+    )
+    return TorchModel(
+        module, input_shape=shape, reference=str(path), sha256=file_sha256(path), source="torchscript",
+        shape_from=_named_source(source), **options,
+    )
 
 
-def _from_export(path: Path, options: dict[str, Any]) -> TorchModel:
+def _from_export(path: Path, options: dict[str, Any], data_shape: tuple[int, ...] | None) -> TorchModel:
     program = files.load_export(path)
-    shape, dtype, fixed = files.export_input(program, path)
-    given = options.pop("input_shape", None)
-    if given is not None and tuple(given) != shape:
-        raise UsageError(f"input_shape {tuple(given)} differs from the exported program's {shape}.", "omit input_shape for .pt2 files")
+    dims, dtype, fixed = files.export_input(program, path)
+    # Dims exported as dynamic (other than the batch) are filled from input_shape, else the data.
+    shape, source = resolve_input_shape(dims, given=options.pop("input_shape", None), data=data_shape, model=f"the program {path}")
     return TorchModel(
         program.module(), input_shape=shape, input_dtype=dtype, fixed_batch=fixed,
-        reference=str(path), sha256=files.file_sha256(path), source="torch.export", **options,
+        reference=str(path), sha256=file_sha256(path), source="torch.export", shape_from=_named_source(source), **options,
     )
+
+
+def _named_source(source: str) -> str | None:
+    """The shape's source for the report, None when the file itself records the shape."""
+    return None if source == "model" else source
 
 
 def _require_file(path: Path) -> None:

@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fimaudit.adapter import SimpleAdapter
 from fimaudit.errors import UsageError
-from fimaudit.registry import SimpleAdapter
-
 from fimaudit_triton import fingerprint as _fp
 from fimaudit_triton.endpoint import HEADER_ENV, SCHEMES, headers_from_env, parse_url
 
@@ -34,6 +33,18 @@ __all__ = [
 # Largest difference in any probability that still counts as the same model: float32 outputs
 # recomputed on other hardware or batch sizes move by ~1e-7; a retrained model by far more.
 DEFAULT_TOLERANCE = 1e-5
+
+
+# What `load` takes; fimaudit.load_model refuses anything else before a connection is opened.
+OPTIONS = {
+    "outputs": "declare the outputs: probabilities or logits (default: detected)",
+    "output_name": "the output to audit (default: the float output named like 'prob', else the one float output)",
+    "input_name": "the input to perturb, for a model with several (CLI: --input NAME)",
+    "max_batch_size": "most inputs per request (default: the model's max_batch_size, else 256)",
+    "timeout": "seconds allowed per request (default: 60)",
+    "header_env": f"environment variable holding extra request headers, one 'Name: value' a line (default: {HEADER_ENV})",
+    "headers": "extra request headers as a dict, from Python only (never written into a report)",
+}
 
 
 def load(reference: str, **options: Any) -> TritonModel:
@@ -104,4 +115,4 @@ class TritonAdapter(SimpleAdapter):
         return check_fingerprint(reference, recorded, tol, **options)
 
 
-adapter = TritonAdapter(name="triton", package="fimaudit-triton", loader=load, schemes=tuple(SCHEMES))
+adapter = TritonAdapter(name="triton", package="fimaudit-triton", loader=load, schemes=tuple(SCHEMES), options=OPTIONS)

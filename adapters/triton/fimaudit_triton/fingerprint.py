@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from fimaudit.adapter import InputSpec
 from fimaudit.errors import UsageError
-from fimaudit.model import InputSpec
 
 FORMAT = "fimaudit-triton-fingerprint/1"
 PROBE_SEED = 20240917

@@ -9,12 +9,9 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from fimaudit.engine import TransientQueryError
+from fimaudit.adapter import InputSpec, ModelIdentity, OutputKind, ProbabilityModel, TransientQueryError
 from fimaudit.errors import ModelError, UsageError
-from fimaudit.model import (
-    InputSpec, ModelIdentity, OutputKind, ProbabilityModel, detect_output_kind, run_in_fixed_batches, to_probabilities,
-)
-
+from fimaudit.adapter import detect_output_kind, run_in_fixed_batches, to_probabilities
 from fimaudit_triton import fingerprint
 from fimaudit_triton.endpoint import HEADER_ENV, Endpoint, headers_from_env, parse_url
 from fimaudit_triton.transport import FAILURES, Transport, describe, query_error, status_of, transport_for

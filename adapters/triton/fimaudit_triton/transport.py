@@ -25,7 +25,7 @@ from google.protobuf import json_format
 from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
-from fimaudit.engine import TransientQueryError
+from fimaudit.adapter import TransientQueryError
 from fimaudit.errors import QueryError
 from fimaudit_triton.endpoint import REDACTED, Endpoint
 

@@ -5,7 +5,7 @@ and only then the payload -- so that no byte of an unauthenticated payload is
 ever parsed, and so that a tampered payload always reports "bad signature"
 whatever the tampering did to its JSON.
 
-Signatures are matched to trusted keys by keyid (see fimaudit.keys.keyid);
+Signatures are matched to trusted keys by keyid (see fimaudit.signing.keys.keyid);
 a signature is only ever checked against the key its keyid names.
 """
 from __future__ import annotations
@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from fimaudit.errors import FimauditError
-from fimaudit.keys import keyid
+from fimaudit.errors import SignatureError
+from fimaudit.signing.keys import keyid
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
@@ -34,12 +34,6 @@ PREDICATE_TYPE = "https://fimaudit.dev/audit-report/v1"
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _STATEMENT_FIELDS = ("_type", "subject", "predicateType", "predicate")
-
-
-class SignatureError(FimauditError):
-    """An envelope is malformed, or does not verify against the given keys."""
-
-    exit_code = 5
 
 
 @dataclass(frozen=True)
@@ -282,7 +276,7 @@ def _validate_subject(index: int, subject: Any) -> str:
 def _bad_statement(reason: str) -> SignatureError:
     return SignatureError(
         f"payload is not an in-toto Statement v1: {reason}",
-        fix="build statements with fimaudit.dsse.make_statement",
+        fix="build statements with fimaudit.signing.make_statement",
     )
 
 

@@ -4,12 +4,16 @@ Private keys are PKCS#8 PEM (optionally passphrase-encrypted), public keys are
 SubjectPublicKeyInfo PEM. Every load failure becomes a KeyFileError that says
 what was wrong with the file and how to fix it, because a raw `cryptography`
 traceback is not something an auditor should have to decode.
+
+Every private key is read through one path (`_read_pem` then `_private_from_pem`),
+whether the caller brings the passphrase (`load_private_key`) or lets the
+environment or a prompt supply it (`load_signing_key`).
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
@@ -19,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PublicKey,
 )
 
-from fimaudit.errors import FimauditError
-from fimaudit.fileio import refuse_special
+from fimaudit.errors import KeyFileError
+from fimaudit.fileio import atomic_write, refuse_special
 
 PASSPHRASE_ENV = "FIMAUDIT_KEY_PASSPHRASE"
 PRIVATE_SUFFIX = ".key"
@@ -32,12 +36,10 @@ _ENCRYPTED_MARKER = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
 _PRIVATE_MARKER = b"PRIVATE KEY-----"
 _PUBLIC_MARKER = b"-----BEGIN PUBLIC KEY-----"
 _PEM_MARKER = b"-----BEGIN "
+# Every "make a key" hint names the command, which is what a user of the CLI can run.
+_KEYGEN_HINT = "fimaudit keygen --out PREFIX (writes PREFIX.key and PREFIX.pub)"
 
-
-class KeyFileError(FimauditError):
-    """A key file is missing, unreadable, of the wrong kind, or locked."""
-
-    exit_code = 3
+PassphrasePrompt = Callable[[Path], bytes]
 
 
 # --------------------------------------------------------------------------- #
@@ -79,15 +81,16 @@ def passphrase_from_env(var: str = PASSPHRASE_ENV) -> bytes | None:
 
 
 def generate_keypair(
-    out_prefix: Path,
+    out_prefix: str | os.PathLike[str],
     passphrase: bytes | None = None,
     *,
     overwrite: bool = False,
 ) -> tuple[Path, Path]:
     """Create `<prefix>.key` (0600) and `<prefix>.pub` (0644); return both paths.
 
-    Both files are written to temporary names first and renamed into place
-    only once both are complete, so a crash never leaves a half-written key.
+    Each file is written by fimaudit.fileio.atomic_write: a temporary file
+    created 0600 (so the key is never readable by others, even briefly),
+    fsynced, then renamed into place, so a crash never leaves a half-written key.
     """
     key_path, pub_path = _keypair_paths(Path(out_prefix))
     for path in (key_path, pub_path):
@@ -147,55 +150,38 @@ def _public_pem(key: Ed25519PublicKey) -> bytes:
 
 
 def _write_pair(key_path: Path, key_pem: bytes, pub_path: Path, pub_pem: bytes) -> None:
-    """Write both temp files, then rename both; clean temps up on any failure."""
-    temps: list[Path] = []
-    try:
-        temps.append(_write_temp(key_path, key_pem, _PRIVATE_MODE))
-        temps.append(_write_temp(pub_path, pub_pem, _PUBLIC_MODE))
-        os.replace(temps[0], key_path)
-        os.replace(temps[1], pub_path)
-        temps.clear()
-        _fsync_dir(key_path.parent)
-    except OSError as exc:
-        raise KeyFileError(
-            f"could not write key files next to {key_path}: {exc.strerror or exc}",
-            fix="check that the output directory exists and is writable",
-        ) from exc
-    finally:
-        for leftover in temps:
-            leftover.unlink(missing_ok=True)
+    """Write the private key, then the public key, each atomically (fimaudit.fileio).
 
-
-def _write_temp(final: Path, data: bytes, mode: int) -> Path:
-    """Write `data` to a fresh temp file beside `final` and fsync it.
-
-    The mode is passed to os.open so the file is never, even briefly, more
-    readable than intended (a chmod afterwards would leave a window open).
-    O_EXCL guarantees we never write into a file someone else planted.
+    The private key goes first so that a failure in between can be undone by
+    deleting it: an unused new key is worth nothing, while a public key whose
+    private half was never written would only mislead.
     """
-    temp = final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, mode)
+    _require_directory(key_path)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
-    return temp
+        atomic_write(key_path, key_pem, mode=_PRIVATE_MODE)
+    except OSError as exc:
+        raise _write_failed(key_path, exc) from exc
+    try:
+        atomic_write(pub_path, pub_pem, mode=_PUBLIC_MODE)
+    except OSError as exc:
+        key_path.unlink(missing_ok=True)
+        raise _write_failed(pub_path, exc) from exc
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Persist the renames themselves; best effort where directories can't be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _require_directory(key_path: Path) -> None:
+    # atomic_write would create missing folders; a key should land only where the user meant.
+    if not key_path.parent.is_dir():
+        raise KeyFileError(
+            f"could not write key files next to {key_path}: {key_path.parent} is not an existing directory",
+            fix="create the output directory first, or choose another output prefix",
+        )
+
+
+def _write_failed(path: Path, exc: OSError) -> KeyFileError:
+    return KeyFileError(
+        f"could not write key files next to {path}: {exc.strerror or exc}",
+        fix="check that the output directory is writable and has space; no new private key was left behind",
+    )
 
 
 # --------------------------------------------------------------------------- #
@@ -203,20 +189,42 @@ def _fsync_dir(directory: Path) -> None:
 # --------------------------------------------------------------------------- #
 
 
-def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
-    """Load an Ed25519 private key from a PKCS#8 PEM file."""
+def load_private_key(path: str | os.PathLike[str], passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """Load an Ed25519 private key from a PKCS#8 PEM file, with the caller's passphrase."""
+    path = Path(path)
+    return _private_from_pem(path, _read_pem(path), passphrase)
+
+
+def load_signing_key(path: str | os.PathLike[str], prompt: PassphrasePrompt | None = None) -> Ed25519PrivateKey:
+    """Load a private key, unlocking it with FIMAUDIT_KEY_PASSPHRASE or else `prompt`.
+
+    The passphrase is offered only to encrypted keys, so one exported
+    FIMAUDIT_KEY_PASSPHRASE does not break signing with an unencrypted key.
+    """
     path = Path(path)
     data = _read_pem(path)
+    passphrase = _passphrase_for(path, prompt) if _ENCRYPTED_MARKER in data else None
+    return _private_from_pem(path, data, passphrase)
+
+
+def _passphrase_for(path: Path, prompt: PassphrasePrompt | None) -> bytes | None:
+    passphrase = passphrase_from_env()
+    if passphrase is None and prompt is not None:
+        passphrase = prompt(path)
+    return passphrase
+
+
+def _private_from_pem(path: Path, data: bytes, passphrase: bytes | None) -> Ed25519PrivateKey:
+    """The one place PEM bytes become a private key: every loader ends here."""
     if _PUBLIC_MARKER in data and _PRIVATE_MARKER not in data:
         raise KeyFileError(
             f"{path} is a public key; a private key is needed to sign",
             fix=f"pass the {PRIVATE_SUFFIX} file, not the {PUBLIC_SUFFIX} file",
         )
-    key = _parse_private(path, data, passphrase)
-    return _require_ed25519_private(path, key)
+    return _require_ed25519_private(path, _parse_private(path, data, passphrase))
 
 
-def load_public_key(path: Path) -> Ed25519PublicKey:
+def load_public_key(path: str | os.PathLike[str]) -> Ed25519PublicKey:
     """Load an Ed25519 public key; an unencrypted private key file also works.
 
     Deriving the public half from an unencrypted private key is harmless and
@@ -231,7 +239,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
             fix=f"pass the matching {PUBLIC_SUFFIX} file",
         )
     if _PRIVATE_MARKER in data:
-        return load_private_key(path).public_key()
+        return _private_from_pem(path, data, None).public_key()
     return _require_ed25519_public(path, _parse_public(path, data))
 
 
@@ -242,7 +250,7 @@ def _read_pem(path: Path) -> bytes:
     except FileNotFoundError as exc:
         raise KeyFileError(
             f"key file not found: {path}",
-            fix="check the path, or generate a key pair (fimaudit.keys.generate_keypair)",
+            fix=f"check the path, or create a key pair: {_KEYGEN_HINT}",
         ) from exc
     except OSError as exc:
         raise KeyFileError(
@@ -252,7 +260,7 @@ def _read_pem(path: Path) -> bytes:
     if _PEM_MARKER not in data:
         raise KeyFileError(
             f"{path} is not a PEM key file (no '-----BEGIN' line)",
-            fix="pass the PEM file written by fimaudit.keys.generate_keypair",
+            fix=f"pass a key file written by fimaudit keygen; to create one: {_KEYGEN_HINT}",
         )
     return data
 
@@ -286,7 +294,7 @@ def _unparsable_private(path: Path, encrypted: bool) -> KeyFileError:
         )
     return KeyFileError(
         f"{path} is corrupt: its PEM content could not be parsed",
-        fix="restore the key file from backup or generate a new key pair",
+        fix=f"restore the key file from backup, or create a new pair: {_KEYGEN_HINT}",
     )
 
 
@@ -305,7 +313,7 @@ def _parse_public(path: Path, data: bytes) -> object:
 def _unsupported(path: Path) -> KeyFileError:
     return KeyFileError(
         f"{path} uses a key algorithm this system cannot load",
-        fix="use an Ed25519 key (fimaudit.keys.generate_keypair)",
+        fix=f"use an Ed25519 key: {_KEYGEN_HINT}",
     )
 
 
@@ -324,5 +332,5 @@ def _require_ed25519_public(path: Path, key: object) -> Ed25519PublicKey:
 def _wrong_type(path: Path, key: object) -> KeyFileError:
     return KeyFileError(
         f"{path} holds a {type(key).__name__.lstrip('_')} key; fimaudit signs only with Ed25519",
-        fix="generate an Ed25519 key pair (fimaudit.keys.generate_keypair)",
+        fix=f"create an Ed25519 key pair: {_KEYGEN_HINT}",
     )

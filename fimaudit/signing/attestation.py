@@ -5,7 +5,8 @@ The signed predicate is an AuditPredicate, `{"report": <AuditReport>,
 same signatures as the figures it judges. The statement's subject is the
 audited model: one entry for a model file, one per file for a model directory or for a model
 file that references others (ONNX external data).
-Envelope format and verification order: fimaudit.dsse and docs/signing.md.
+Envelope format and verification order: fimaudit.signing.dsse and docs/signing.md.
+Key files: fimaudit.signing.keys, the one place keys are loaded.
 """
 from __future__ import annotations
 
@@ -15,16 +16,23 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any, Union
+from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fimaudit.dsse import (
+from fimaudit.adapter import directory_files, file_sha256, manifest_sha256
+from fimaudit.errors import DataError, FimauditError, SignatureError, UsageError
+from fimaudit.policy import Policy, PolicyResult, inconsistencies
+from fimaudit.registry import model_files
+from fimaudit.report import AuditReport, ModelInfo, Stats, summarize
+from fimaudit.signing.dsse import (
     PREDICATE_TYPE,
-    SignatureError,
     add_signature,
     canonical_json,
     envelope_from_bytes,
@@ -32,19 +40,18 @@ from fimaudit.dsse import (
     sign_envelope,
     verify_envelope,
 )
-from fimaudit.errors import DataError, UsageError
-from fimaudit.fileio import file_sha256, manifest_sha256
-from fimaudit.keys import keyid, load_private_key, load_public_key, passphrase_from_env
-from fimaudit.policy import Policy, PolicyResult, inconsistencies
-from fimaudit.registry import model_files
-from fimaudit.report import AuditReport, ModelInfo, Stats, summarize
+from fimaudit.signing.keys import keyid, load_public_key, load_signing_key
 
-PathLike = Union[str, os.PathLike]
-PrivateKeyLike = Union[Ed25519PrivateKey, PathLike]
-PublicKeyLike = Union[Ed25519PublicKey, PathLike]
-EnvelopeLike = Union[dict[str, Any], PathLike]
+PathLike = str | os.PathLike[str]
+PrivateKeyLike = Ed25519PrivateKey | PathLike
+PublicKeyLike = Ed25519PublicKey | PathLike
+EnvelopeLike = dict[str, Any] | PathLike
 
-_ENCRYPTED_MARKER = b"-----BEGIN ENCRYPTED PRIVATE KEY-----"
+# Top-level fields of what `fimaudit audit` writes without --sign: a report, or with --policy
+# a predicate. Recognising them turns "malformed envelope" into "this was never signed".
+_REPORT_FIELDS = frozenset({"tool", "model", "data", "samples", "summary"})
+_HOW_TO_SIGN = ("sign at audit time: fimaudit audit MODEL --data DATA --sign KEY "
+                "(from Python, fimaudit.attest(report, key) signs a report you already have)")
 
 
 class _Model(BaseModel):
@@ -128,7 +135,9 @@ def sign(envelope: EnvelopeLike, private_key: PrivateKeyLike) -> dict[str, Any]:
     Only fimaudit audit predicates are co-signed: a co-signer endorses what
     the payload says, so it must at least be a report we can show them.
     """
-    cosigned = add_signature(_normalised_keyids(_envelope(envelope)), _private_key(private_key))
+    loaded = _signed_envelope(envelope, UsageError, "fimaudit sign only co-signs an envelope that is already signed",
+                              f"{_HOW_TO_SIGN}, then co-sign that envelope")
+    cosigned = add_signature(loaded, _private_key(private_key))
     _predicate_of(unverified_statement(cosigned))
     return cosigned
 
@@ -147,7 +156,9 @@ def verify(
     key_list = public_keys if isinstance(public_keys, list) else [public_keys]
     keys = [_public_key(k) for k in key_list]
     _refuse_duplicate_keys(keys)
-    verified = verify_envelope(_normalised_keyids(_envelope(envelope)), keys)
+    loaded = _signed_envelope(envelope, SignatureError, "there is no signature to verify",
+                              f"{_HOW_TO_SIGN}; fimaudit sign only co-signs an envelope that is already signed")
+    verified = verify_envelope(loaded, keys)
     predicate = _predicate_of(verified.statement)
     _check_content(predicate)
     subjects = [Subject(name=s["name"], sha256=s["digest"]["sha256"]) for s in verified.statement["subject"]]
@@ -246,7 +257,7 @@ def _check_endpoint_subject(subjects: list[Subject], model: ModelInfo) -> None:
 
 def directory_subjects(root: Path) -> list[Subject]:
     """One subject per regular file under `root`, named by its relative POSIX path, sorted."""
-    files = _walk(root)
+    files = directory_files(root)
     if not files:
         raise UsageError(f"model directory {root} holds no files", "point at the model's file or a non-empty directory")
     return files_subjects(root, files)
@@ -256,14 +267,6 @@ def files_subjects(root: Path, files: list[Path]) -> list[Subject]:
     """One subject per file, named by its POSIX path relative to `root`, sorted by name."""
     named = sorted((p.relative_to(root).as_posix(), p) for p in files)
     return [Subject(name=name, sha256=file_sha256(p)) for name, p in named]
-
-
-def _walk(root: Path) -> list[Path]:
-    # Symlinked directories are not followed, so a link cannot pull outside files into the subject.
-    found = []
-    for directory, _, names in os.walk(root):
-        found.extend(Path(directory) / name for name in names if (Path(directory) / name).is_file())
-    return found
 
 
 def check_subjects(subjects: list[Subject], path: Path) -> bool:
@@ -439,7 +442,7 @@ def _refuse_duplicate_keys(keys: list[Ed25519PublicKey]) -> None:
 
 
 def _normalised_keyids(envelope: dict[str, Any]) -> dict[str, Any]:
-    """A copy whose signature keyids are lowercase, as fimaudit.keys.keyid writes them.
+    """A copy whose signature keyids are lowercase, as fimaudit.signing.keys.keyid writes them.
 
     keyids are hex digests, so case carries no meaning; left as is, an upper-case keyid would be
     listed as an unchecked signature by some other key. The keyid is not part of the signed
@@ -453,31 +456,29 @@ def _normalised_keyids(envelope: dict[str, Any]) -> dict[str, Any]:
     return {**envelope, "signatures": fixed}
 
 
-def _envelope(envelope: EnvelopeLike) -> dict[str, Any]:
-    return envelope if isinstance(envelope, dict) else load_envelope(envelope)
+def _signed_envelope(envelope: EnvelopeLike, error: type[FimauditError], why: str, fix: str) -> dict[str, Any]:
+    """The envelope as a dict with normalised keyids; a bare report is refused as `error`, saying `why`.
 
-
-def load_signing_key(path: PathLike, prompt: Callable[[Path], bytes] | None = None) -> Ed25519PrivateKey:
-    """Load a private key, unlocking it with FIMAUDIT_KEY_PASSPHRASE or else `prompt`.
-
-    The passphrase is offered only to encrypted keys, so one exported
-    FIMAUDIT_KEY_PASSPHRASE does not break signing with an unencrypted key.
+    Without this, an unsigned report fails on its first missing envelope field
+    ("malformed envelope: missing field 'payloadType'"), which hides the real mistake.
     """
-    path = Path(path)
-    if not _is_encrypted(path):
-        return load_private_key(path)
-    passphrase = passphrase_from_env()
-    if passphrase is None and prompt is not None:
-        passphrase = prompt(path)
-    return load_private_key(path, passphrase)
+    data = envelope if isinstance(envelope, dict) else load_envelope(envelope)
+    kind = unsigned_kind(data)
+    if kind is not None:
+        name = "the given data" if isinstance(envelope, dict) else os.fsdecode(envelope)
+        raise error(f"{name} is an unsigned fimaudit {kind}, not a signed envelope: {why}.", fix)
+    return _normalised_keyids(data)
 
 
-def _is_encrypted(path: Path) -> bool:
-    # An unreadable file reads as "not encrypted": load_private_key then reports why it is unreadable.
-    try:
-        return _ENCRYPTED_MARKER in path.read_bytes()
-    except OSError:
-        return False
+def unsigned_kind(data: Mapping[str, Any]) -> str | None:
+    """What `data` is when `fimaudit audit` wrote it unsigned ("report" or "predicate ..."), else None."""
+    if "payloadType" in data:
+        return None
+    if isinstance(data.get("report"), dict) and "policy" in data:
+        return "predicate (a report with its policy verdict)"
+    if _REPORT_FIELDS <= data.keys():
+        return "report"
+    return None
 
 
 def _private_key(key: PrivateKeyLike) -> Ed25519PrivateKey:

@@ -1,0 +1,3 @@
+from fimaudit.cli import main
+
+main()
