@@ -8,7 +8,7 @@ CORE_STAMP := $(VENV)/.core-stamp
 STAMP := $(VENV)/.installed-stamp
 BENCH_STAMP := $(VENV)/.bench-stamp
 
-.PHONY: setup demo test bench bench-setup clean
+.PHONY: setup demo test lint bench bench-setup clean
 
 $(CORE_STAMP): pyproject.toml adapters/onnx/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,8 +35,13 @@ demo: $(CORE_STAMP)
 	$(BIN)/fimaudit audit examples/digits.onnx --data examples/digits_test.npy --sign demo/auditor.key --policy examples/policy.toml --out demo/report.dsse.json
 	$(BIN)/fimaudit verify demo/report.dsse.json --key demo/auditor.pub --model examples/digits.onnx
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+# ruff and mypy settings live in pyproject.toml; `make test` runs this first.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 bench: bench-setup
 	$(BIN)/python benchmarks/real_models.py

@@ -157,7 +157,7 @@ def scan(arr: np.ndarray) -> DataStats:
     h = hashlib.sha256()
     count, mean, m2, peak, bad, first_bad = 0, 0.0, 0.0, 0.0, 0, None
     for start, chunk in _chunks(arr):
-        h.update(chunk)  # C-contiguous: hashed in place, no bytes copy
+        h.update(chunk.data)  # C-contiguous: hashed in place, no bytes copy
         values = chunk.reshape(len(chunk), -1)
         finite = _finite_rows(values)
         if finite is not None:

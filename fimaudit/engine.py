@@ -169,7 +169,7 @@ class QueryEngine:
     def _advance_answered(self, active: list[_Active[R]], on_done: OnDone[R]) -> None:
         for entry in [a for a in active if a.answered]:
             self._answer(entry, on_done)
-        active[:] = [a for a in active if a.request is not None]  # type: ignore[comparison-overlap]
+        active[:] = [a for a in active if a.request is not None]
 
     def _lost(self, exc: QueryError, owners: _Owners, inflight: dict[Future[np.ndarray], _Owners]) -> QueryError:
         """The same error, naming every sample whose queries were lost, so nothing fails silently."""

@@ -97,13 +97,14 @@ def batch_dependence(model: ProbabilityModel) -> str | None:
     """
     n = min(BATCH_PROBE_SIZE, model.max_batch_size)
     x = _neighbour_probes(model.input_spec, n)
-    together = _raw_rows(model, x)
-    if together is None or not np.array_equal(together, _raw_rows(model, x)):
+    together, again = _raw_rows(model, x), _raw_rows(model, x)
+    if together is None or again is None or not np.array_equal(together, again):
         return None
     alone = [_raw_rows(model, x[i : i + 1]) for i in range(min(BATCH_PROBE_ALONE, n))]
-    if any(a is None or a.shape[1] != together.shape[1] for a in alone):
+    rows = [a for a in alone if a is not None and a.shape[1] == together.shape[1]]
+    if len(rows) != len(alone):
         return None
-    single = np.concatenate(alone)  # type: ignore[arg-type]
+    single = np.concatenate(rows)
     base = together[: len(single)]
     # Relative to the output's size, so large logits get the same ulp budget as probabilities.
     moved = float((np.abs(single - base) / np.maximum(1.0, np.abs(base))).max())

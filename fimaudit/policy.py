@@ -18,6 +18,8 @@ possible for an empty audit) fails the check, since nothing was measured.
 """
 from __future__ import annotations
 
+import sys
+
 import difflib
 import hashlib
 import math
@@ -32,13 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from fimaudit.errors import PolicyError
 from fimaudit.report import AuditReport, Summary
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ImportError:  # Python 3.10: the backport, when installed, reads the same files.
+else:  # Python 3.10: the backport, when installed, reads the same files.
     try:
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib
     except ImportError:
-        tomllib = None  # type: ignore[assignment]
+        tomllib = None
 
 Comparator = Literal["<", "<=", ">", ">=", "=="]
 

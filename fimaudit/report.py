@@ -227,8 +227,8 @@ def stats(values: list[float | None] | np.ndarray) -> Stats:
     if arr.size == 0:
         return Stats(median=None, p90=None, p99=None, max=None, min=None)
     # Interpolating towards +inf gives nan, so with unbounded values take order statistics as they are.
-    method = "linear" if np.isfinite(arr).all() else "inverted_cdf"
-    q = np.quantile(arr, [0.5, 0.9, 0.99], method=method)
+    finite = bool(np.isfinite(arr).all())
+    q = np.quantile(arr, [0.5, 0.9, 0.99], method="linear" if finite else "inverted_cdf")
     pick = [q[0], q[1], q[2], arr.max(), arr.min()]
     out = [float(v) if np.isfinite(v) else None for v in pick]
     return Stats(median=out[0], p90=out[1], p99=out[2], max=out[3], min=out[4])

@@ -87,8 +87,12 @@ def audit(
     if limit is not None and limit < len(arr):
         arr = arr[:limit]
         audited_digest = digest(arr)
-    relative = None if step is not None else RELATIVE_STEP.get(model.output_dtype, 1e-2)
-    h = float(step) if step is not None else relative * scale
+    relative: float | None = None
+    if step is None:
+        relative = RELATIVE_STEP.get(model.output_dtype, 1e-2)
+        h = relative * scale
+    else:
+        h = float(step)
     floor = max(_input_resolution(model, stats.peak), 1e-100)  # below 1e-100, h**2 underflows
     if h < floor:
         raise UsageError(
@@ -116,11 +120,11 @@ def audit(
         model=model_info(model),
         data=DataInfo(sha256=audited_digest, shape=list(arr.shape), dtype=str(arr.dtype), source=data_source),
         config=AuditConfig(
-            estimator=estimator, directions=directions, step=h, step_relative=relative,
-            step_rule=STEP_RULE if step is None else "fixed (given), checked by a pilot", scheme=scheme,
+            estimator=estimator, directions=directions, step=h, step_relative=relative,  # type: ignore[arg-type]
+            step_rule=STEP_RULE if step is None else "fixed (given), checked by a pilot", scheme=scheme,  # type: ignore[arg-type]
             seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence,
             interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
-        ),  # type: ignore[arg-type]
+        ),
         samples=samples,
         summary=summarize(samples, queries, wall, sent, _journal_info(book, resumed, rechecked)),
     )

@@ -16,9 +16,9 @@ import json
 import math
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, cast
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -144,7 +144,7 @@ def sign(envelope: EnvelopeLike, private_key: PrivateKeyLike) -> dict[str, Any]:
 
 def verify(
     envelope: EnvelopeLike,
-    public_keys: list[PublicKeyLike] | PublicKeyLike,
+    public_keys: Sequence[PublicKeyLike] | PublicKeyLike,
     model_path: PathLike | None = None,
 ) -> VerificationResult:
     """Verify that every key in `public_keys` signed `envelope`, then check its content.
@@ -153,7 +153,7 @@ def verify(
     whose files do not match the attested subject.
     """
     # One key is welcome on its own; iterating a path string would "verify" against its characters.
-    key_list = public_keys if isinstance(public_keys, list) else [public_keys]
+    key_list = list(public_keys) if isinstance(public_keys, (list, tuple)) else [cast(PublicKeyLike, public_keys)]
     keys = [_public_key(k) for k in key_list]
     _refuse_duplicate_keys(keys)
     loaded = _signed_envelope(envelope, SignatureError, "there is no signature to verify",

@@ -107,7 +107,7 @@ def _dense_kernel(conv: nn.Conv1d | nn.Conv2d) -> torch.Tensor:
     for g in range(groups):
         rows = slice(g * per_group, (g + 1) * per_group)
         cols = slice(g * in_per_group, (g + 1) * in_per_group)
-        dense[(rows, cols, *index)] = w[rows]
+        dense[(rows, cols) + index] = w[rows]
     return dense
 
 

@@ -35,7 +35,7 @@ class WhiteBoxFisher(NamedTuple):
 
 def exact_fisher(logits: Logits, x: torch.Tensor, *, method: str = "auto", precision: str = "float64") -> WhiteBoxFisher:
     """λ_max(F) and tr F at the flat input `x` (d,), for `logits`: flat input -> (K,) logits."""
-    z, vjp_fn = torch.func.vjp(logits, x)
+    z, vjp_fn = _vjp(logits, x)
     p = torch.softmax(z.detach(), dim=0)
     chosen = _resolve(method, p.numel())
     if chosen == "jacobian":
@@ -82,7 +82,7 @@ def _lanczos_top(logits: Logits, x: torch.Tensor, p: torch.Tensor, vjp_fn: Calla
 
     def matvec(v: np.ndarray) -> np.ndarray:
         tangent = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64).reshape(-1)).to(x.device, x.dtype)
-        _, u = torch.func.jvp(logits, (x,), (tangent,))
+        u = torch.func.jvp(logits, (x,), (tangent,))[1]
         w = p * u - p * (p @ u)
         (fv,) = vjp_fn(w.to(p.dtype))
         return fv.detach().to("cpu", torch.float64).numpy().reshape(-1)
@@ -92,3 +92,10 @@ def _lanczos_top(logits: Logits, x: torch.Tensor, p: torch.Tensor, vjp_fn: Calla
     start = np.random.default_rng(0).standard_normal(d)
     top = eigsh(operator, k=1, which="LA", v0=start, return_eigenvectors=False)
     return max(float(top[0]), 0.0)
+
+
+def _vjp(fn: Logits, x: torch.Tensor) -> tuple[torch.Tensor, Callable[[torch.Tensor], tuple[torch.Tensor, ...]]]:
+    # torch.func.vjp returns (output, vjp_fn) without has_aux; its annotation also allows the
+    # three-tuple of has_aux=True, which is never asked for here.
+    result = torch.func.vjp(fn, x)
+    return result[0], result[1]

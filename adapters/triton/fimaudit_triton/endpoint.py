@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NoReturn
 from urllib.parse import urlsplit
 
 from fimaudit.errors import UsageError
@@ -89,7 +89,7 @@ def redact_url(reference: str) -> str:
     return _URL_PASSWORD.sub(lambda m: m.group(1) + REDACTED + "@", reference)
 
 
-def _bad(reference: str, why: str, fix: str = "") -> None:
+def _bad(reference: str, why: str, fix: str = "") -> NoReturn:
     # Every refusal repeats the URL; a password in it must not reach the terminal or a CI log.
     raise UsageError(f"the Triton URL '{redact_url(reference)}' is not usable: {why}.", fix or f"write it as {_URL_FORM}")
 

@@ -318,7 +318,7 @@ def _capped_http_client() -> type:
     """tritonclient's HTTP client, reading every response through _read_capped before parsing it."""
     import tritonclient.http as httpclient
 
-    class CappedClient(httpclient.InferenceServerClient):  # type: ignore[misc, valid-type]
+    class CappedClient(httpclient.InferenceServerClient):
         # Set by HttpTransport before each call; each thread has its own client, so no race.
         response_limit: int = METADATA_CAP
         address: str = ""
