@@ -1,20 +1,33 @@
 """TorchModel: a PyTorch classifier behind fimaudit's ProbabilityModel contract."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
+import threading
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from fimaudit.adapter import SHAPE_SOURCES, InputSpec, ModelIdentity, OutputKind, ProbabilityModel, file_sha256, one_line, resolve_input_shape
+from fimaudit.adapter import (
+    SHAPE_SOURCES,
+    InputSpec,
+    ModelIdentity,
+    OutputKind,
+    ProbabilityModel,
+    detect_output_kind,
+    file_sha256,
+    one_line,
+    probe_outputs,
+    resolve_input_shape,
+    run_in_fixed_batches,
+)
 from fimaudit.errors import FimauditError, ModelError, OutputError, UsageError
-from fimaudit.adapter import detect_output_kind, probe_outputs, run_in_fixed_batches
 from fimaudit_torch import files
 from fimaudit_torch.bound import relu_network_bound
 from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
@@ -127,7 +140,8 @@ class TorchModel(ProbabilityModel):
     # -- helpers ------------------------------------------------------------------------------
     def forward(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         """The module's class-score output for a batch, picked from tuple or dict outputs."""
-        return _select_output(module(x), self._output_name)
+        with _no_tf32(x.device.type == "cuda"):
+            return _select_output(module(x), self._output_name)
 
     def _logit_function(self, module: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         """flat input (d,) -> logits (K,): log p for probability outputs (softmax(log p) = p)."""
@@ -328,3 +342,34 @@ def _weights_sha256(module: torch.nn.Module) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+# TF32 (on by default for cuDNN convolutions) rounds inputs to 10 mantissa bits: outputs move by
+# ~1e-3 relative, far above the differences a small finite-difference step makes, and differently
+# at each batch size (measured on an H200: a ResNet-18 failed the batch-dependence probe and was
+# queried one input per request). While any TorchModel runs on CUDA, full float32 is used; the
+# user's settings come back when the last one finishes (counted, as batches run on threads).
+_tf32_lock = threading.Lock()
+_tf32_users = 0
+_tf32_saved: tuple[bool, bool] = (True, False)
+
+
+@contextlib.contextmanager
+def _no_tf32(active: bool) -> Iterator[None]:
+    global _tf32_users, _tf32_saved
+    if not active:
+        yield
+        return
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    with _tf32_lock:
+        if _tf32_users == 0:
+            _tf32_saved = (cudnn.allow_tf32, matmul.allow_tf32)
+            cudnn.allow_tf32 = matmul.allow_tf32 = False
+        _tf32_users += 1
+    try:
+        yield
+    finally:
+        with _tf32_lock:
+            _tf32_users -= 1
+            if _tf32_users == 0:
+                cudnn.allow_tf32, matmul.allow_tf32 = _tf32_saved
