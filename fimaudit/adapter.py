@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from fimaudit.errors import DataError, OutputError, QueryError, UsageError
+from fimaudit.errors import DataError, ModelError, OutputError, QueryError, UsageError
 from fimaudit.outputs import (  # noqa: F401  (re-exported: the output checks adapters call)
     NOT_A_CLASSIFIER_FIX,
     OUTPUT_KINDS,
@@ -357,6 +357,15 @@ def directory_digest(root: str | Path) -> tuple[str, int]:
 
 
 # -- helpers for adapters ------------------------------------------------------------------------
+
+def shape_failure(path: object, shape: Sequence[int], shape_from: str, exc: BaseException) -> ModelError:
+    """The error for a model that fails on inputs of a shape the user or the data supplied (the
+    framework raises its own types when such a shape reaches a Reshape or a dense layer)."""
+    return ModelError(
+        f"{path} fails on inputs of shape {tuple(shape)} (taken from {SHAPE_SOURCES[shape_from]}): {one_line(exc)}",
+        "pass the shape of one input the model was built for, input_shape= (CLI: --input-shape)",
+    )
+
 
 def run_in_fixed_batches(batch: np.ndarray, size: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Outputs of a model that only takes exactly `size` rows: chunk, pad the last chunk by

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 
 from fimaudit.adapter import (
-    SHAPE_SOURCES,
     InputSpec,
     ModelIdentity,
     OutputKind,
@@ -16,11 +15,13 @@ from fimaudit.adapter import (
     SimpleAdapter,
     file_sha256,
     manifest_sha256,
-    one_line,
+    output_form,
+    probe_inputs,
     resolve_input_shape,
+    run_in_fixed_batches,
+    shape_failure,
 )
 from fimaudit.errors import ModelError, UsageError
-from fimaudit.adapter import output_form, probe_inputs, run_in_fixed_batches
 
 __all__ = ["OnnxModel", "adapter", "external_data_files", "load", "model_files"]
 
@@ -122,11 +123,7 @@ class OnnxModel(ProbabilityModel):
         except Exception as exc:
             if self._shape_from == "model":
                 raise  # the file's own shape: a broken model, reported as before
-            # onnxruntime raises its own types when a shape it was not built for reaches a Reshape or Gemm.
-            raise ModelError(
-                f"{self.path} fails on inputs of shape {shape} (taken from {SHAPE_SOURCES[self._shape_from]}): {one_line(exc)}",
-                "pass the shape of one input the model was built for, input_shape= (CLI: --input-shape)",
-            ) from exc
+            raise shape_failure(self.path, shape, self._shape_from, exc) from exc
 
     def _width(self) -> int:
         """Columns of the chosen output: classes, or 1 for a one-output (sigmoid) model."""
@@ -137,7 +134,7 @@ class OnnxModel(ProbabilityModel):
         if out.ndim != 2:
             raise ModelError(
                 f"the output '{self._output.name}' has shape {out.shape}; a classifier output is (batch, classes).",
-                "name the class-score output with output_name= (CLI: --output NAME)",
+                "name the class-score output with output_name= (CLI: --output-name NAME)",
             )
         return int(out.shape[1])
 

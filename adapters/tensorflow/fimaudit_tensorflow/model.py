@@ -16,17 +16,15 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from fimaudit.adapter import (  # noqa: E402
-    SHAPE_SOURCES,
     InputSpec,
     ModelIdentity,
     OutputKind,
     ProbabilityModel,
     directory_digest,
-    one_line,
     resolve_input_shape,
 )
 from fimaudit.errors import FimauditError, ModelError, UsageError  # noqa: E402
-from fimaudit.adapter import detect_output_kind, probe_outputs, run_in_fixed_batches  # noqa: E402
+from fimaudit.adapter import detect_output_kind, probe_outputs, run_in_fixed_batches, shape_failure  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
 _DTYPES = {tf.float32: "float32", tf.float64: "float64", tf.float16: "float16"}
@@ -109,18 +107,14 @@ class SavedModel(ProbabilityModel):
 
     def _probe(self) -> np.ndarray:
         try:
-            fix = "name the class-score output with output_name= (CLI: --output NAME)"
+            fix = "name the class-score output with output_name= (CLI: --output-name NAME)"
             return probe_outputs(self, self._fixed_batch or 2, f"the output '{self._output}'", fix)
         except FimauditError:
             raise
         except Exception as exc:
             if self._shape_from == "model":
                 raise  # the signature's own shape: a broken model, reported as before
-            # A shape the graph was not built for fails inside TensorFlow with its own error types.
-            raise ModelError(
-                f"{self.path} fails on inputs of shape {self.input_spec.shape} (taken from {SHAPE_SOURCES[self._shape_from]}): {one_line(exc)}",
-                "pass the shape of one input the model was built for, input_shape= (CLI: --input-shape)",
-            ) from exc
+            raise shape_failure(self.path, self.input_spec.shape, self._shape_from, exc) from exc
 
 
 def _load(path: Path) -> Any:

@@ -315,7 +315,7 @@ def _select_output(out: Any, name: str | int | None) -> torch.Tensor:
         keys = list(out)
         key = name if name is not None else (keys[0] if len(keys) == 1 else None)
         if key not in out:
-            raise UsageError(f"the module returns a dict with keys {keys}.", "pick the class-score output with output_name=KEY (CLI: --output KEY)")
+            raise UsageError(f"the module returns a dict with keys {keys}.", "pick the class-score output with output_name=KEY (CLI: --output-name KEY)")
         return out[key]
     if isinstance(out, (tuple, list)) and out:
         index = int(name) if name is not None else 0

@@ -137,7 +137,7 @@ class TritonModel(ProbabilityModel):
             raise ModelError(
                 f"{self._where} output '{self._output.name}' gave shape {raw.shape} for {len(probes)} inputs; "
                 "a classifier output is (batch, classes).",
-                "name the class-score output with output_name= (CLI: --output NAME)",
+                "name the class-score output with output_name= (CLI: --output-name NAME)",
             )
         self.output_kind = outputs or detect_output_kind(raw)
         probabilities = to_probabilities(raw, len(probes), self.num_classes, self.output_kind)
@@ -253,7 +253,7 @@ def _pick_output(tensors: list[dict[str, Any]], name: str | None, where: str) ->
     if len(floats) > 1 and len(named) != 1:
         raise ModelError(
             f"{where} has {len(floats)} floating-point outputs {[t['name'] for t in floats]}.",
-            "name the class-score output with output_name= (CLI: --output NAME)",
+            "name the class-score output with output_name= (CLI: --output-name NAME)",
         )
     return _pick(named or floats, None, "output", where)
 
