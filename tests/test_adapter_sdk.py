@@ -198,7 +198,7 @@ def test_shape_taken_from_the_data_where_the_model_records_none(tmp_path: Path) 
 def test_a_shape_the_model_cannot_run_is_a_model_error(tmp_path: Path) -> None:
     path = flatten_dense_onnx(tmp_path / "flat.onnx")
     assert fimaudit.load_model(path, input_shape=(1, 8, 8)).num_classes == 4
-    with pytest.raises(fimaudit.ModelError, match=r"fails on inputs of shape \[1, 4, 4\] \(taken from the audited data\)"):
+    with pytest.raises(fimaudit.ModelError, match=r"fails on inputs of shape \(1, 4, 4\) \(taken from the audited data\)"):
         fimaudit.load_model(path, data_shape=(1, 4, 4))
 
 
