@@ -13,12 +13,14 @@ from fimaudit.errors import (
     OutputError,
     PolicyError,
     QueryError,
+    ReproductionError,
     UsageError,
 )
 from fimaudit.model import CallableModel
 from fimaudit.policy import PolicyCheck, PolicyResult, load_policy
 from fimaudit.registry import load_model
-from fimaudit.report import AuditReport, SampleResult, Summary
+from fimaudit.report import AuditReport, Reproduction, SampleResult, Selection, Summary
+from fimaudit.reproduction import ReproductionResult, reproduce
 from fimaudit.runner import audit
 from fimaudit.signing import (
     AuditPredicate,
@@ -50,7 +52,11 @@ __all__ = [
     "PolicyResult",
     "ProbabilityModel",
     "QueryError",
+    "Reproduction",
+    "ReproductionError",
+    "ReproductionResult",
     "SampleResult",
+    "Selection",
     "SignatureError",
     "Subject",
     "Summary",
@@ -62,6 +68,7 @@ __all__ = [
     "compare",
     "load_model",
     "load_policy",
+    "reproduce",
     "sign",
     "verify",
 ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import mmap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -284,3 +284,54 @@ def input_scale(stats: DataStats) -> float:
         if 1e-100 < candidate < 1e100:
             return candidate
     return 1.0
+
+
+# --sample's draw, written down so that anyone can redo it without fimaudit or numpy: numpy's
+# Generator streams may change between numpy versions, a committed selection must not.
+SAMPLE_DOMAIN = b"fimaudit-sample/1\0"
+SAMPLE_RULE = (
+    "uniform without replacement, by Floyd's algorithm: for j = P-N .. P-1 take t = U_j mod (j+1) and add t, or j "
+    "when t is already drawn; U_j is the big-endian integer of sha256('fimaudit-sample/1' NUL, decimal seed, NUL, "
+    "the 32 bytes of population_sha256, j as 8 big-endian bytes); indices sorted ascending"
+)
+
+
+def draw_sample(population: int, n: int, seed: int, population_sha256: str) -> list[int]:
+    """N distinct row indices of a population of P rows, sorted, drawn as SAMPLE_RULE says.
+
+    The draw is seeded by the audit seed and the data's digest together, so a different
+    selection needs a different recorded seed (or data): it cannot be re-rolled unseen.
+    Floyd's algorithm costs N hashes whatever P is, and never holds a list of all P rows.
+    """
+    if not 0 < n <= population:
+        raise ValueError(f"cannot draw {n} of {population} rows")
+    base = hashlib.sha256(SAMPLE_DOMAIN + str(int(seed)).encode("ascii") + b"\0" + bytes.fromhex(population_sha256))
+    chosen: set[int] = set()
+    for j in range(population - n, population):
+        h = base.copy()
+        h.update(j.to_bytes(8, "big"))
+        # A 256-bit number reduced mod j+1 < 2**63: the bias is below 2**-190.
+        t = int.from_bytes(h.digest(), "big") % (j + 1)
+        chosen.add(j if t in chosen else t)
+    return sorted(chosen)
+
+
+def indices_sha256(indices: Sequence[int]) -> str:
+    """sha256 of the indices written in decimal, comma-separated, ascending: easy to recompute anywhere.
+
+    Hashed by pieces, so the first ten million rows of a --limit cost no ten-million-item string."""
+    ordered = indices if isinstance(indices, range) and indices.step > 0 else sorted(indices)
+    h = hashlib.sha256()
+    for start in range(0, len(ordered), 65536):
+        piece = ",".join(str(int(i)) for i in ordered[start : start + 65536])
+        h.update((piece if start == 0 else "," + piece).encode("ascii"))
+    return h.hexdigest()
+
+
+def rows_digest(arr: np.ndarray, rows: Sequence[int]) -> str:
+    """sha256 of arr[rows]'s C-order bytes (what `digest` gives for that array), one row at a time:
+    a memory-mapped file is read only at the chosen rows, never loaded whole."""
+    h = hashlib.sha256()
+    for i in rows:
+        h.update(np.ascontiguousarray(arr[i]).data)
+    return h.hexdigest()

@@ -9,6 +9,7 @@ FimauditError
 │   └── OutputError     outputs not valid probabilities (or logits)
 ├── QueryError          a query failed after retries                    (exit 5)
 ├── SignatureError      envelope malformed or not verified               (exit 5)
+├── ReproductionError   a report did not reproduce: another model, or samples that differ (exit 5)
 ├── EstimationError     an estimate or its recording failed: names the sample (exit 6)
 └── PolicyError         the policy file itself is wrong                 (exit 2)
 """
@@ -22,7 +23,7 @@ EXIT_CODES: dict[int, str] = {
     2: "usage error (bad option, bad policy file)",
     3: "bad input data or key file",
     4: "model cannot be loaded, or its outputs are not valid probabilities/logits",
-    5: "a query failed after retries, or a signature did not verify",
+    5: "a query failed after retries, a signature did not verify, or a report did not reproduce (`fimaudit reproduce`)",
     6: "an estimate failed on one sample (a fimaudit bug: the message names the sample; a journal keeps the finished ones)",
     130: "interrupted",
 }
@@ -71,6 +72,13 @@ class QueryError(FimauditError):
 
 class SignatureError(FimauditError):
     """An envelope is malformed, or does not verify against the given keys."""
+
+    exit_code = 5
+
+
+class ReproductionError(FimauditError):
+    """`fimaudit reproduce` found the report does not hold: the model is not the audited one, the
+    report's selection or digests do not match its data, or re-computed samples differ."""
 
     exit_code = 5
 

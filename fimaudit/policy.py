@@ -6,6 +6,14 @@ A policy is a TOML file holding one `[[check]]` table per threshold:
     figure = "lambda_max.p90"   # a summary figure, see FIGURES
     op = "<="                   # one of <, <=, >, >=, ==
     value = 0.5                 # a finite number
+    basis = "point"             # optional: judge the point statistic instead of its bound
+
+A check of a lambda_max quantile (median, p90, p99) with < or <=, or of an epsilon_tau quantile
+with > or >=, is judged by default on the report's population bound (summary.lambda_max_upper,
+summary.epsilon_tau_lower; fimaudit/bounds.py): it passes only if the population quantile meets
+the threshold with the report's confidence. A null bound (too few inputs) fails the check, with
+the reason. `basis = "point"` opts back into the audited inputs' own statistic. Every other check
+is judged on its point value. The verdict records each check's basis.
 
 Only this one format is accepted, and anything else in the file is refused,
 so a typo can never silently drop a check. Evaluation yields a PolicyResult
@@ -32,7 +40,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from fimaudit.errors import PolicyError
-from fimaudit.report import AuditReport, Summary
+from fimaudit.report import AuditReport, Summary, summarize
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -43,6 +51,7 @@ else:  # Python 3.10: the backport, when installed, reads the same files.
         tomllib = None
 
 Comparator = Literal["<", "<=", ">", ">=", "=="]
+Basis = Literal["point", "bound"]
 
 _STATS = ("median", "p90", "p99", "max", "min")
 FIGURES: tuple[str, ...] = (
@@ -60,6 +69,12 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
     "==": operator.eq,
 }
 _CHECK_KEYS = ("figure", "op", "value")
+_OPTIONAL_KEYS = ("basis",)
+_BASES = ("point", "bound")
+# The quantile statistics that have a population bound, and the bound's key in the summary.
+_BOUND_KEYS = {"median": "p50", "p90": "p90", "p99": "p99"}
+# A bound is one-sided: an upper bound judges "at most" on lambda_max, a lower bound "at least" on epsilon_tau.
+_BOUND_OPS = {"lambda_max": ("<", "<="), "epsilon_tau": (">", ">=")}
 _CHECK_HEADER = re.compile(r"^\s*\[\[\s*check\s*\]\]")
 _FORMAT_HINT = 'each check is a [[check]] table with figure = "...", op = "<=", value = 0.5'
 
@@ -74,6 +89,7 @@ class PolicyRule(_Model):
     figure: str
     op: Comparator
     value: float
+    basis: Basis | None = Field(default=None, description="As written; None: the default for the figure and op (default_basis).")
 
 
 class Policy(_Model):
@@ -96,6 +112,13 @@ class PolicyCheck(_Model):
         "statistics, and 'not measured' (the check fails) for any other figure."
     )
     passed: bool
+    # Verdicts before report schema 1.3 judged point values only, hence the default.
+    basis: Basis = Field(
+        default="point",
+        description="What was judged: point, the audited inputs' own statistic; bound, the population bound at the "
+        "report's bound_confidence (summary.lambda_max_upper or epsilon_tau_lower).",
+    )
+    note: str | None = Field(default=None, description="Why a check on a bound failed without a value (e.g. too few inputs).")
 
 
 class PolicyResult(_Model):
@@ -169,15 +192,16 @@ def _parse_rule(path: Path, index: int, table: Any, lines: list[int]) -> PolicyR
     where = _where(path, index, lines)
     if not isinstance(table, dict):
         raise PolicyError(f"{where}: a check must be a table", _FORMAT_HINT)
-    unknown = sorted(set(table) - set(_CHECK_KEYS))
+    unknown = sorted(set(table) - set(_CHECK_KEYS) - set(_OPTIONAL_KEYS))
     if unknown:
         raise PolicyError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}",
-                          f"a check has exactly the keys {', '.join(_CHECK_KEYS)}")
+                          f"a check has the keys {', '.join(_CHECK_KEYS)} (and optionally basis)")
     missing = [key for key in _CHECK_KEYS if key not in table]
     if missing:
         raise PolicyError(f"{where}: missing key(s) {', '.join(missing)}", _FORMAT_HINT)
-    return PolicyRule(figure=_figure(where, table["figure"]), op=_op(where, table["op"]),
-                      value=_value(where, table["value"]))
+    figure, op = _figure(where, table["figure"]), _op(where, table["op"])
+    return PolicyRule(figure=figure, op=op, value=_value(where, table["value"]),
+                      basis=_basis(where, table.get("basis"), figure, op))
 
 
 def _where(path: Path, index: int, lines: list[int]) -> str:
@@ -199,6 +223,18 @@ def _op(where: str, op: Any) -> Comparator:
     if isinstance(op, str) and op in _OPS:
         return op  # type: ignore[return-value]  # membership in _OPS is the Literal
     raise PolicyError(f"{where}: unknown op {op!r}", f"op is one of {', '.join(_OPS)} (as a quoted string)")
+
+
+def _basis(where: str, basis: Any, figure: str, op: str) -> Basis | None:
+    if basis is None or basis == "point":
+        return basis  # None (the default) or "point"
+    if basis != "bound":
+        raise PolicyError(f"{where}: unknown basis {basis!r}", 'basis is "bound" (the default where one exists) or "point"')
+    if not has_bound(figure, op):
+        raise PolicyError(f"{where}: {figure} {op} has no population bound to judge",
+                          "bounds exist for lambda_max.median/p90/p99 with < or <=, and epsilon_tau.median/p90/p99 "
+                          'with > or >=; drop basis = "bound" to judge the point value')
+    return "bound"
 
 
 def _value(where: str, value: Any) -> float:
@@ -224,9 +260,55 @@ def evaluate(policy: Policy, summary: Summary) -> PolicyResult:
 
 
 def _check(rule: PolicyRule, summary: Summary) -> PolicyCheck:
-    measured = figure_value(summary, rule.figure)
-    return PolicyCheck(figure=rule.figure, comparator=rule.op, threshold=rule.value,
-                       measured=measured, passed=compare(rule.figure, measured, rule.op, rule.value))
+    basis = rule.basis or default_basis(rule.figure, rule.op)
+    measured, note = basis_value(summary, rule.figure, basis)
+    return PolicyCheck(figure=rule.figure, comparator=rule.op, threshold=rule.value, measured=measured,
+                       passed=judge(rule.figure, measured, note, rule.op, rule.value), basis=basis, note=note)
+
+
+def has_bound(figure: str, op: str) -> bool:
+    """Whether `figure op threshold` can be judged on a population bound."""
+    group, _, stat = figure.partition(".")
+    return stat in _BOUND_KEYS and op in _BOUND_OPS.get(group, ())
+
+
+def default_basis(figure: str, op: str) -> Basis:
+    """bound wherever one exists for the figure and op (see the module docstring), else point."""
+    return "bound" if has_bound(figure, op) else "point"
+
+
+def basis_value(summary: Summary, figure: str, basis: Basis) -> tuple[float | None, str | None]:
+    """(the value judged, why there is none): the point figure, or its population bound.
+
+    A bound of None with no reason is an unbounded radius (the lambda_max bound is 0), read as
+    +infinity like any epsilon_tau figure; with a reason, the check fails."""
+    if basis == "point":
+        return figure_value(summary, figure), None
+    group, _, stat = figure.partition(".")
+    key = _BOUND_KEYS[stat]
+    bounds = summary.lambda_max_upper if group == "lambda_max" else summary.epsilon_tau_lower
+    if bounds is None or summary.lambda_max_upper is None:
+        return None, 'the report has no population bounds (report schema before 1.3): audit again, or set basis = "point"'
+    value = bounds.get(key)
+    if value is not None:
+        return float(value), None
+    if group == "epsilon_tau" and summary.lambda_max_upper.get(key) == 0.0:
+        return None, None
+    return None, summary.bound_notes.get(key, f"no bound on {key} in the report")
+
+
+def judge(figure: str, measured: float | None, note: str | None, op: str, threshold: float) -> bool:
+    """A check's outcome: a missing bound (a note) fails; else compare()."""
+    return note is None and compare(figure, measured, op, threshold)
+
+
+def recheck(check: PolicyCheck, summary: Summary) -> bool | None:
+    """A recorded check's outcome on `summary`'s own figures, on its recorded basis; None for a
+    figure or basis fimaudit does not know how to judge."""
+    if check.figure not in FIGURES or (check.basis == "bound" and not has_bound(check.figure, check.comparator)):
+        return None
+    measured, note = basis_value(summary, check.figure, check.basis)
+    return judge(check.figure, measured, note, check.comparator, check.threshold)
 
 
 def figure_value(summary: Summary, figure: str) -> float | None:
@@ -260,11 +342,55 @@ def inconsistencies(result: PolicyResult, summary: Summary) -> list[str]:
         if check.figure not in FIGURES:
             problems.append(f"unknown figure {check.figure!r}")
             continue
-        actual = figure_value(summary, check.figure)
+        if check.basis == "bound" and not has_bound(check.figure, check.comparator):
+            problems.append(f"{check.figure} {check.comparator} recorded on a bound, which it has none of")
+            continue
+        actual, note = basis_value(summary, check.figure, check.basis)
         if actual != check.measured:
-            problems.append(f"{check.figure} recorded as {check.measured}, the report says {actual}")
-        if compare(check.figure, actual, check.comparator, check.threshold) != check.passed:
+            where = f"{check.figure} ({check.basis})"
+            problems.append(f"{where} recorded as {check.measured}, the report says {actual}")
+        if judge(check.figure, actual, note, check.comparator, check.threshold) != check.passed:
             problems.append(f"{check.figure} {check.comparator} {check.threshold:g} recorded as passed={check.passed}")
     if result.passed != all(c.passed for c in result.checks):
         problems.append(f"overall verdict recorded as passed={result.passed}")
     return problems
+
+
+def bounds_problems(report: AuditReport) -> list[str]:
+    """How the summary's population bounds disagree with its own samples, recomputed (empty: they
+    agree). Policy checks judge the bounds, so a verifier recomputes them as it does the point
+    statistics (signing's summary_problems); reports before schema 1.3 have none to check."""
+    recorded = report.summary
+    if recorded.lambda_max_upper is None:
+        return []
+    samples = report.samples
+    actual = summarize(samples, sum(s.queries for s in samples), recorded.wall_seconds,
+                       confidence=report.config.confidence, tau=report.config.tau)
+    problems = []
+    if recorded.bound_confidence != actual.bound_confidence:
+        problems.append(f"summary.bound_confidence is {recorded.bound_confidence}, the audit's confidence is {actual.bound_confidence}")
+    if set(recorded.per_class_bounds) != set(actual.per_class_bounds):
+        problems.append("summary.per_class_bounds does not match the samples' predicted classes")
+    problems += _bound_differences("summary.", recorded, actual)
+    for key, theirs in actual.per_class_bounds.items():
+        mine = recorded.per_class_bounds.get(key)
+        if mine is not None:
+            problems += _bound_differences(f"summary.per_class_bounds.{key}.", mine, theirs)
+    return problems
+
+
+def _bound_differences(prefix: str, recorded: Any, actual: Any) -> list[str]:
+    """Differences in lambda_max_upper and epsilon_tau_lower between two Summary or ClassBounds."""
+    problems = []
+    for field in ("lambda_max_upper", "epsilon_tau_lower"):
+        got, want = getattr(recorded, field) or {}, getattr(actual, field) or {}
+        problems += [f"{prefix}{field}.{key} is {got.get(key)}, the samples give {want.get(key)}"
+                     for key in sorted(set(got) | set(want)) if not _same(got.get(key), want.get(key))]
+    return problems
+
+
+def _same(a: float | None, b: float | None) -> bool:
+    # The bounds are sample values and their square roots: another numpy may differ only in the last bits.
+    if a is None or b is None:
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300)

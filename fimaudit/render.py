@@ -8,6 +8,10 @@ reversed (".onnx" that is really "xnno."), and long strings are truncated and wr
 A policy verdict is shown only after it is re-checked against the report with the code `verify`
 uses (fimaudit.signing.content_problems): an unsigned predicate's "PASSED" that its own
 figures contradict is shown as CONTRADICTED, never as a pass.
+
+Every page says what the figures do not claim. For a v2 predicate it shows the signed assurance
+level, harness and non-claims; for a bare report or a v1 predicate, which declare none, it says so
+and lists this fimaudit's non-claims as such, not as part of the report.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ from collections import Counter
 from collections.abc import Sequence
 from html import escape
 
-from fimaudit.signing import content_problems, summary_problems
+from fimaudit.signing import ASSURANCE_MEANINGS, NON_CLAIMS, AuditPredicate, NonClaim, content_problems, section_problems, summary_problems
+from fimaudit.signing.predicate import COMPLIANCE, harness_names, sample_info, threat_model
 from fimaudit.policy import FIGURES, PolicyCheck, PolicyResult, compare, figure_value
 from fimaudit.report import FLAG_MEANINGS, AuditConfig, AuditReport, SampleResult, Stats
 
@@ -48,15 +53,20 @@ def _text(value: object, limit: int = MAX_TEXT) -> str:
     return escape("".join(f"[U+{ord(c):04X}]" if ord(c) in _BIDI else c for c in text))
 
 
-def render_html(report: AuditReport, policy: PolicyResult | None = None, signers: Sequence[str] = ()) -> str:
+def render_html(
+    report: AuditReport, policy: PolicyResult | None = None, signers: Sequence[str] = (), predicate: AuditPredicate | None = None,
+) -> str:
     """The page for `report`; `signers` only when the caller verified them. A `policy` verdict is
-    re-checked against `report` here, whoever passes it, and shown as contradicted if it does not hold."""
+    re-checked against `report` here, whoever passes it, and shown as contradicted if it does not hold.
+    `predicate`, a v2 predicate holding `report`, adds its assurance level, harness and non-claims."""
     parts = [
         f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>fimaudit report: {_text(report.model.reference, 120)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f"<h1>fimaudit report</h1>{_provenance(report, signers)}",
         _summary_contradiction(report),
-        f"<h2>Summary</h2>{_summary(report)}",
+        f"<h2>What was claimed, by whom</h2>{_claims(report, predicate, signed=bool(signers))}",
+        f"<h2>What this report does not claim</h2>{_non_claims(predicate)}",
+        f"<h2>Summary</h2>{_summary(report)}{_bounds(report)}",
         _policy(policy, report) if policy is not None else "",
         "<h2>Plots</h2>",
         _scatter(report.samples, report.config.confidence),
@@ -66,6 +76,90 @@ def render_html(report: AuditReport, policy: PolicyResult | None = None, signers
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
+
+
+def _claims(report: AuditReport, predicate: AuditPredicate | None, *, signed: bool) -> str:
+    """Assurance level, threat model, sample and harness: what a reviewer weighs the figures by."""
+    threat, sample = threat_model(report), sample_info(report)
+    # An unsigned predicate's level is only what its writer typed: nobody vouches for it.
+    unsigned = "" if signed or predicate is None else " (unsigned here: nobody's signature vouches for this declaration)"
+    rows = [
+        ("assurance", _assurance(predicate) + unsigned),
+        ("threat model", f"{threat.norm} perturbations of {threat.space}; tau = {threat.tau:g} nats ({threat.quantity})"),
+        ("preprocessing", threat.preprocessing),
+        ("sample", f"{sample.n} inputs, selection: {sample.selection}, of {sample.population_size} rows"),
+        ("population", sample.population),
+        *[("harness", line) for line in _harness(predicate)],
+        *_compliance(predicate),
+    ]
+    problems = section_problems(predicate) if predicate is not None else []
+    warning = f"<div class='contradiction'><p class='fail'>The predicate's sections contradict its report:</p>{_problem_list(problems)}</div>"
+    return (warning if problems else "") + _rows(rows)
+
+
+def _assurance(predicate: AuditPredicate | None) -> str:
+    if predicate is None:
+        return "not declared: a bare report or a v1 predicate states no assurance level"
+    return f"{predicate.assurance}: {ASSURANCE_MEANINGS[predicate.assurance]}"
+
+
+def _compliance(predicate: AuditPredicate | None) -> list[tuple[str, str]]:
+    """The mapping's identifiers, one row each; for a report without a v2 predicate, this fimaudit's own."""
+    compliance = predicate.compliance if predicate is not None else COMPLIANCE
+    note = compliance.note if predicate is not None else f"{compliance.note} (not part of this report)"
+    rows = [("compliance", f"{m.framework}: {m.provision}") for m in compliance.mapping]
+    return [*rows, ("compliance note", f"{note} See {compliance.document}.")]
+
+
+def _harness(predicate: AuditPredicate | None) -> list[str]:
+    if predicate is None or predicate.harness is None:
+        return ["not recorded (only signed v2 predicates record the installation that produced them)"]
+    h = predicate.harness
+    return [f"fimaudit {h.version} on Python {h.python}", *harness_names(h), *([h.adapter_note] if h.adapter_note else [])]
+
+
+def _non_claims(predicate: AuditPredicate | None) -> str:
+    """The signed non-claims of a v2 predicate; otherwise this fimaudit's, marked as not the report's own."""
+    claims: Sequence[NonClaim] = predicate.non_claims if predicate is not None else NON_CLAIMS
+    intro = ("<p>Signed with the figures:</p>" if predicate is not None else
+             "<p class='note'>This report carries no non-claims of its own (a bare report or a v1 predicate); these are the "
+             "limits this version of fimaudit states for every report.</p>")
+    items = "".join(f"<li class='non-claim'><b>{_text(c.id)}</b>: {_text(c.statement, 1000)} <span class='note'>({_text(c.evidence)})</span></li>"
+                    for c in claims)
+    return f"{intro}<ul>{items}</ul>"
+
+
+def _bounds(report: AuditReport) -> str:
+    """Population bounds, when the report has them (summary.lambda_max_upper / epsilon_tau_lower)."""
+    s = report.summary
+    upper, lower = getattr(s, "lambda_max_upper", None), getattr(s, "epsilon_tau_lower", None)
+    if upper is None and lower is None:
+        return ""
+    reasons = getattr(s, "bound_notes", None) or {}
+    head = "<tr><th>population bound</th>" + "".join(f"<th>{q}</th>" for q in _QUANTILES) + "</tr>"
+    rows = "".join(f"<tr><td>{name}</td>" + "".join(f"<td>{_bound_cell(values.get(q), reasons.get(q))}</td>" for q in _QUANTILES) + "</tr>"
+                   for name, values in (("λ_max upper bound", upper), ("ε_τ lower bound", lower)) if values is not None)
+    return f"<table class='bounds'>{head}{rows}</table><p class='note'>{_text(_bounds_note(s), 1000)}</p>"
+
+
+_QUANTILES = ("p50", "p90", "p99")
+
+
+def _bound_cell(value: float | None, reason: str | None) -> str:
+    # A null bound is a finding (too few inputs, or an unbounded radius): its reason is shown, not a blank.
+    if value is not None:
+        return _fmt(value)
+    return f"none: {_text(reason)}" if reason else "none"
+
+
+def _bounds_note(summary: object) -> str:
+    confidence, method = getattr(summary, "bound_confidence", None), getattr(summary, "bound_method", None)
+    parts = ["One-sided bounds on the quantiles of the population the inputs were drawn from (see population above)."]
+    if confidence is not None:
+        parts.append(f"Confidence {confidence:.0%}.")
+    if method:
+        parts.append(f"Method: {method}")
+    return " ".join(parts)
 
 
 def _rows(pairs: Sequence[tuple[str, str]]) -> str:

@@ -4,14 +4,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from fimaudit.bounds import METHOD as BOUND_METHOD
+from fimaudit.bounds import QUANTILES, epsilon_lower, inputs_needed, quantile_bounds
 from fimaudit.errors import DataError
 
-SCHEMA_VERSION = "1.2"
+SCHEMA_VERSION = "1.3"
 
 
 # One line on each diagnostic flag a sample (or the model) can carry: printed after an audit, listed
@@ -61,16 +63,74 @@ class SkippedInput(_Model):
     reason: str = Field(description="Why it could not be read.")
 
 
+class Selection(_Model):
+    """Which rows of the data file were audited, when not all of them: the population the
+    summary's figures (and their bounds) speak for is the whole file, through this rule."""
+
+    rule: Literal["random", "first"] = Field(
+        description="random: --sample N, drawn uniformly without replacement, committed by the seed and the file's "
+        "digest; first: --limit N, the first N rows (not a random sample: bounds then assume the file's order is random)."
+    )
+    method: str = Field(description="How the rows were chosen, exactly enough to redo it.")
+    population_size: int = Field(description="Rows in the whole data file (after unreadable images were skipped).")
+    population_sha256: str = Field(description="sha256 of the whole data file's array, C-order bytes as loaded: it seeds the draw.")
+    seed: int | None = Field(description="random: the audit seed that, with population_sha256, seeded the draw; null for first.")
+    indices_sha256: str = Field(description="sha256 of the audited row indices in decimal, comma-separated, ascending.")
+    indices: list[int] | None = Field(
+        description="random: the audited rows, ascending (always listed: the report holds one sample per row "
+        "anyway, so the list adds under 1% to its size); null for first (they are 0..N-1)."
+    )
+
+
+class ReproducedSample(_Model):
+    index: int
+    lambda_max: float = Field(description="As recorded in the reproduced report.")
+    lambda_max_reproduced: float = Field(description="As re-computed from the model with the recorded configuration.")
+    deviation: float = Field(description="|reproduced - recorded| / recorded: 0 when bit-identical.")
+    tolerance: float = Field(description="The largest deviation accepted for this sample (see Reproduction.tolerance).")
+    identical: bool = Field(description="Every figure of the sample re-computed equal (to 1e-9 relative), step and flags included.")
+    matches: bool
+
+
+class Reproduction(_Model):
+    """A third party's re-computation of some of a report's samples (`fimaudit reproduce`)."""
+
+    reproduced: bool = Field(description="True when every re-computed sample matches within its tolerance.")
+    tolerance: str = Field(description="The rule each sample's lambda_max was held to.")
+    samples: list[ReproducedSample] = Field(description="The re-computed samples, chosen at random from OS entropy.")
+    population: int = Field(description="Samples in the report, of which these were chosen.")
+    max_deviation: float = Field(description="The largest relative deviation of lambda_max over the re-computed samples.")
+    identical: bool = Field(description="True when every re-computed sample was identical (this platform gave the same bits).")
+    model_check: Literal["sha256", "fingerprint", "none"] = Field(
+        description="How the model was identified as the audited one before any query: its file digest, an endpoint's "
+        "answers on its recorded fingerprint probes, or not at all (a model held in memory: the re-computation is then the only check)."
+    )
+    original_sha256: str = Field(
+        description="sha256 of what was reproduced: the DSSE payload (the signed statement's bytes) of a signed report, "
+        "the file's bytes of an unsigned one, or the report's JSON when it was given as an object."
+    )
+    original_signers: list[str] = Field(default_factory=list, description="keyids whose signatures on the original were verified.")
+    tool: ToolInfo = Field(description="The fimaudit that reproduced it.")
+    platform: str = Field(description="Where it was reproduced: OS, machine, Python and numpy versions.")
+
+
 class DataInfo(_Model):
-    sha256: str = Field(description="sha256 of the audited array's C-order bytes, as loaded.")
+    sha256: str = Field(description="sha256 of the audited array's C-order bytes, as loaded (the chosen rows only, with a selection).")
     shape: list[int]
     dtype: str
     source: str | None = None
     files: list[str] | None = Field(
-        default=None, description="For an image folder: files[i] is the file of the sample with index i, relative to the folder."
+        default=None, description="For an image folder: files[j] is the file of samples[j], relative to the folder "
+        "(the sample with index j when the whole folder was audited).",
     )
     skipped: list[SkippedInput] | None = Field(
         default=None, description="Unreadable files left out by --skip-unreadable; null when none was skipped or asked to be."
+    )
+    selection: Selection | None = Field(
+        default=None, description="How the audited rows were chosen from the data file (--sample, --limit); null when all were audited."
+    )
+    population: str | None = Field(
+        default=None, description="What the summary's figures speak for: the inputs they are a sample of, in words."
     )
 
 
@@ -183,6 +243,17 @@ class JournalInfo(_Model):
     )
 
 
+Bounds = dict[str, float | None]  # "p50", "p90", "p99" -> a bound, or null (see Summary.bound_notes)
+
+
+class ClassBounds(_Model):
+    """Population bounds over the inputs predicted as one class (null where the class has too few)."""
+
+    n: int
+    lambda_max_upper: Bounds
+    epsilon_tau_lower: Bounds
+
+
 class Summary(_Model):
     n: int
     lambda_max: Stats
@@ -194,6 +265,27 @@ class Summary(_Model):
     queries_per_second: float
     journal: JournalInfo | None = Field(
         default=None, description="Where the audit resumed from a journal: how many samples came from it; null without one."
+    )
+    # Population bounds (schema 1.3); defaults keep 1.1 and 1.2 reports loading.
+    lambda_max_upper: Bounds | None = Field(
+        default=None,
+        description="Upper confidence bounds (at bound_confidence) on the population quantiles p50, p90, p99 of lambda_max over "
+        "inputs drawn like the audited ones, including each sample's estimation error; null where too few inputs (see "
+        "bound_notes). The whole mapping is null in reports before schema 1.3.",
+    )
+    epsilon_tau_lower: Bounds | None = Field(
+        default=None,
+        description="Lower confidence bounds on epsilon_tau matching lambda_max_upper: with confidence bound_confidence, at "
+        "least 50% / 90% / 99% of inputs have a radius of at least epsilon_tau_lower.p50 / p90 / p99 (sqrt(2 tau / the "
+        "lambda_max bound)). p90 thus bounds the radius's 10th percentile, and so also, conservatively, its 90th.",
+    )
+    bound_confidence: float | None = Field(default=None, description="Confidence of the population bounds (the audit's --confidence).")
+    bound_method: str | None = Field(default=None, description="How the bounds were computed, and what they assume.")
+    bound_notes: dict[str, str] = Field(
+        default_factory=dict, description="Why a bound is null, by quantile (p50, p90, p99), and the rule for per-class bounds."
+    )
+    per_class_bounds: dict[str, ClassBounds] = Field(
+        default_factory=dict, description="The same bounds over the inputs of each predicted class; null where a class has too few."
     )
 
 
@@ -236,10 +328,12 @@ def stats(values: list[float | None] | np.ndarray) -> Stats:
 
 def summarize(
     samples: list[SampleResult], queries: int, wall_seconds: float, sent: int | None = None,
-    journal: JournalInfo | None = None,
+    journal: JournalInfo | None = None, *, confidence: float = 0.95, tau: float | None = None,
 ) -> Summary:
     """Summary figures. `queries` is the samples' total; `sent` what this run itself sent (the
-    rate's numerator, which differs from `queries` when a run resumed from a journal)."""
+    rate's numerator, which differs from `queries` when a run resumed from a journal).
+    `confidence` is the audit's (its per-sample intervals' and its population bounds'); `tau` the
+    audit's KL budget, taken from the samples' own epsilon_tau when not given."""
     per_class: dict[str, ClassSummary] = {}
     for cls in sorted({s.predicted_class for s in samples}):
         members = [s for s in samples if s.predicted_class == cls]
@@ -258,7 +352,40 @@ def summarize(
         wall_seconds=wall_seconds,
         queries_per_second=(queries if sent is None else sent) / wall_seconds if wall_seconds > 0 else 0.0,
         journal=journal,
+        **_population_bounds(samples, confidence, _tau_of(samples) if tau is None else tau),
     )
+
+
+def _population_bounds(samples: list[SampleResult], confidence: float, tau: float | None) -> dict[str, Any]:
+    """Summary's bound fields. Each sample contributes its interval's upper end: below_resolution
+    samples report the resolution level as lambda_max, itself an upper bound, hence the max."""
+    miss = 1.0 - confidence  # each interval's two-sided miss rate bounds its upper end's (docs/math.md)
+
+    def bounds_of(members: list[SampleResult]) -> tuple[dict[str, Any], dict[str, str]]:
+        found = quantile_bounds(np.array([max(s.lambda_max_ci[1], s.lambda_max) for s in members]), confidence, miss)
+        upper = {name: b.value for name, b in found.items()}
+        lower = {name: None if tau is None else epsilon_lower(v, tau) for name, v in upper.items()}
+        notes = {name: b.note for name, b in found.items() if b.note is not None}
+        notes.update({name: "unbounded: the lambda_max bound is 0" for name, v in upper.items() if v == 0.0})
+        return {"lambda_max_upper": upper, "epsilon_tau_lower": lower}, notes
+
+    overall, notes = bounds_of(samples)
+    per_class = {}
+    for cls in sorted({s.predicted_class for s in samples}):
+        members = [s for s in samples if s.predicted_class == cls]
+        per_class[str(cls)] = ClassBounds(n=len(members), **bounds_of(members)[0])
+    if any(v is None for b in per_class.values() for v in b.lambda_max_upper.values()):
+        needs = ", ".join(f"{name} {inputs_needed(q, confidence, miss)}" for name, q in QUANTILES.items())
+        notes["per_class"] = f"a class's bound is null where the class has fewer inputs than it needs: {needs}"
+    return dict(overall, bound_confidence=confidence, bound_method=BOUND_METHOD, bound_notes=notes, per_class_bounds=per_class)
+
+
+def _tau_of(samples: list[SampleResult]) -> float | None:
+    """The KL budget the samples' radii were computed with: epsilon_tau = sqrt(2 tau / lambda_max)."""
+    for s in samples:
+        if s.epsilon_tau is not None and s.lambda_max > 0:
+            return s.epsilon_tau**2 * s.lambda_max / 2
+    return None
 
 
 def json_schema() -> str:

@@ -13,7 +13,7 @@ import numpy as np
 
 from fimaudit._version import __version__
 from fimaudit.adapter import ExactFisher, ProbabilityModel, WhiteBoxModel
-from fimaudit.data import check_inputs, digest, input_scale
+from fimaudit.data import SAMPLE_RULE, DataStats, check_inputs, digest, draw_sample, indices_sha256, input_scale, rows_digest
 from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
@@ -26,6 +26,7 @@ from fimaudit.report import (
     JournalInfo,
     ModelInfo,
     SampleResult,
+    Selection,
     StepTrial,
     ToolInfo,
     summarize,
@@ -57,6 +58,7 @@ def audit(
     estimator: str = "auto",
     tau: float = 0.01,
     limit: int | None = None,
+    sample: int | None = None,
     bootstrap: int = 1000,
     confidence: float = 0.95,
     witness: bool = True,
@@ -76,21 +78,61 @@ def audit(
     the same audit continues where it stopped (`restart=True` discards it), after re-computing a
     random few of the journaled samples to check the journal was not altered (docs/security.md).
     `journal_lock` is the journal's lock when the caller already holds it.
+    `limit=N` audits the first N inputs, `sample=N` N inputs drawn at random, committed by `seed` and
+    the data's digest (data.draw_sample); either way a sample's numbers are those a full audit gives
+    at its index, and the report's data.selection says which rows were audited.
     """
-    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency)
+    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency, sample)
     check_batch_independence(model)  # load_model probes too; a model built in code is probed here
     exact_fisher = _white_box_function(model) if white_box else None
     arr, stats = check_inputs(x, model.input_spec)
-    scale = input_scale(stats)  # over all the data, so --limit never changes a sample's numbers
-    audited_digest = stats.sha256
-    total = len(arr)  # journal indices are checked against all the data: a --limit may have grown
-    if limit is not None and limit < len(arr):
-        arr = arr[:limit]
-        audited_digest = digest(arr)
+    # The step and its floor come from all the data, so --limit or --sample never change a sample's numbers.
+    cfg, relative = estimator_config(
+        model, stats, directions=directions, step=step, scheme=scheme, estimator=estimator, seed=seed,
+        bootstrap=bootstrap, confidence=confidence, witness=witness, tau=tau,
+    )
+    rows, selection, audited_digest = choose_rows(arr, stats, limit=limit, sample=sample, seed=seed)
+    binding = {"tool": __version__, "model": model_info(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
+    book = Journal(journal, binding, restart=restart, lock=journal_lock) if journal is not None else None
+    try:
+        # Journal indices are checked against all the data: a --limit may have grown, a --sample changed.
+        wanted = rows if isinstance(rows, range) else set(rows)  # membership in O(1) either way
+        resumed = {i: s for i, s in book.finished(len(arr)).items() if i in wanted} if book is not None else {}
+        samples, sent, wall, rechecked = _run(model, arr, rows, cfg, tau, concurrency, progress, book, resumed)
+    finally:
+        if book is not None:
+            book.close()
+    if exact_fisher is not None:
+        samples = _with_white_box(samples, exact_fisher(np.asarray(arr[np.asarray(rows, dtype=np.intp)])))
+    queries = sum(s.queries for s in samples)
+    return AuditReport(
+        tool=ToolInfo(version=__version__),
+        model=model_info(model),
+        data=DataInfo(
+            sha256=audited_digest, shape=[len(rows), *arr.shape[1:]], dtype=str(arr.dtype), source=data_source,
+            selection=selection, population=describe_population(selection, len(arr), data_source),
+        ),
+        config=AuditConfig(
+            estimator=estimator, directions=directions, step=cfg.step, step_relative=relative,  # type: ignore[arg-type]
+            step_rule=STEP_RULE if step is None else "fixed (given), checked by a pilot", scheme=scheme,  # type: ignore[arg-type]
+            seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence,
+            interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
+        ),
+        samples=samples,
+        summary=summarize(samples, queries, wall, sent, _journal_info(book, resumed, rechecked), confidence=confidence, tau=tau),
+    )
+
+
+def estimator_config(
+    model: ProbabilityModel, stats: DataStats, *, directions: int, step: float | None, scheme: str, estimator: str,
+    seed: int, bootstrap: int, confidence: float, witness: bool, tau: float,
+) -> tuple[EstimatorConfig, float | None]:
+    """How every sample of an audit of data with these `stats` is estimated, and the step relative to
+    the data's spread when it was derived from it. `fimaudit reproduce` rebuilds it the same way."""
     relative: float | None = None
     if step is None:
         relative = RELATIVE_STEP.get(model.output_dtype, 1e-2)
-        h = relative * scale
+        h = relative * input_scale(stats)
     else:
         h = float(step)
     floor = max(_input_resolution(model, stats.peak), 1e-100)  # below 1e-100, h**2 underflows
@@ -104,30 +146,47 @@ def audit(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
         model.output_dtype, model.input_spec.dtype, adaptive_step=step is None, tau=tau, step_floor=floor,
     )
-    binding = {"tool": __version__, "model": model_info(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
-    book = Journal(journal, binding, restart=restart, lock=journal_lock) if journal is not None else None
-    try:
-        resumed = {i: s for i, s in book.finished(total).items() if i < len(arr)} if book is not None else {}
-        samples, sent, wall, rechecked = _run(model, arr, cfg, tau, concurrency, progress, book, resumed)
-    finally:
-        if book is not None:
-            book.close()
-    if exact_fisher is not None:
-        samples = _with_white_box(samples, exact_fisher(np.asarray(arr)))
-    queries = sum(s.queries for s in samples)
-    return AuditReport(
-        tool=ToolInfo(version=__version__),
-        model=model_info(model),
-        data=DataInfo(sha256=audited_digest, shape=list(arr.shape), dtype=str(arr.dtype), source=data_source),
-        config=AuditConfig(
-            estimator=estimator, directions=directions, step=h, step_relative=relative,  # type: ignore[arg-type]
-            step_rule=STEP_RULE if step is None else "fixed (given), checked by a pilot", scheme=scheme,  # type: ignore[arg-type]
-            seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence,
-            interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
-        ),
-        samples=samples,
-        summary=summarize(samples, queries, wall, sent, _journal_info(book, resumed, rechecked)),
-    )
+    return cfg, relative
+
+
+def choose_rows(
+    arr: np.ndarray, stats: DataStats, *, limit: int | None, sample: int | None, seed: int,
+) -> tuple[Sequence[int], Selection | None, str]:
+    """(the rows to audit, how they were chosen, the digest of those rows) for --limit or --sample.
+
+    The rows are read where they lie (a memory-mapped file is never loaded whole); their digest
+    is that of the array they form, which is what the report's data.sha256 names.
+    """
+    total = len(arr)
+    if sample is not None:
+        if sample > total:
+            raise UsageError(f"--sample {sample} asks for more inputs than the data holds ({total}).",
+                             f"pass --sample {total} or fewer, or omit it to audit every input")
+        rows = draw_sample(total, sample, seed, stats.sha256)
+        return rows, Selection(
+            rule="random", method=SAMPLE_RULE, population_size=total, population_sha256=stats.sha256, seed=seed,
+            indices_sha256=indices_sha256(rows), indices=rows,
+        ), rows_digest(arr, rows)
+    if limit is not None and limit < total:
+        first = range(limit)  # a range, not a list: a --limit of millions costs no memory here
+        return first, Selection(
+            rule="first", method=f"the first {limit} rows, in file order", population_size=total,
+            population_sha256=stats.sha256, seed=None, indices_sha256=indices_sha256(first), indices=None,
+        ), digest(arr[:limit])
+    return range(total), None, stats.sha256
+
+
+def describe_population(selection: Selection | None, total: int, source: str | None) -> str:
+    """What the summary's figures are a sample of, in words, for the report's data.population."""
+    where = source or "the data given"
+    if selection is None:
+        return (f"the distribution the {total} inputs of {where} were drawn from: the summary's bounds hold for it only "
+                "as far as these inputs are an i.i.d. sample of it (fimaudit did not choose them)")
+    if selection.rule == "random":
+        return (f"the {total} inputs of {where} (sha256 {selection.population_sha256}): {len(selection.indices or [])} drawn uniformly without "
+                "replacement, committed by the seed and that digest, so the summary's bounds hold for an input drawn at random from it")
+    return (f"the {total} inputs of {where} (sha256 {selection.population_sha256}), through its first rows: not a random "
+            "sample, so the summary's bounds hold for it only if the file's order is random")
 
 
 def _journal_info(book: Journal | None, resumed: dict[int, SampleResult], rechecked: int) -> JournalInfo | None:
@@ -135,7 +194,7 @@ def _journal_info(book: Journal | None, resumed: dict[int, SampleResult], rechec
 
 
 def _run(
-    model: ProbabilityModel, arr: np.ndarray, cfg: EstimatorConfig, tau: float, concurrency: int,
+    model: ProbabilityModel, arr: np.ndarray, rows: Sequence[int], cfg: EstimatorConfig, tau: float, concurrency: int,
     progress: Progress | None, book: Journal | None, resumed: dict[int, SampleResult],
 ) -> tuple[list[SampleResult], int, float, int]:
     engine = QueryEngine(model, concurrency=concurrency)
@@ -149,10 +208,10 @@ def _run(
             book.commit(result)  # durable before it counts
         results[index] = result
         if progress is not None:
-            progress(len(results), len(arr), engine.queries)
+            progress(len(results), len(rows), engine.queries)
 
     start = time.perf_counter()
-    tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in range(len(arr)) if i not in results)
+    tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in rows if i not in results)
     try:
         # The journal is checked before this run spends a query on samples of its own.
         rechecked = _recheck(engine, arr, cfg, tau, resumed, active, book)
@@ -184,13 +243,7 @@ def _recheck(
     journal between runs cannot know which rows will be checked.
     """
     chosen = random.SystemRandom().sample(sorted(journaled), recheck_count(len(journaled)))
-    again: dict[int, SampleResult] = {}
-    model_flags = model_wide_flags(engine.model)
-
-    def done(index: int, est: SampleEstimate) -> None:
-        again[index] = _sample_result(index, est, tau, model_flags, _norm(arr[index]))
-
-    engine.run(((i, estimate_sample(arr[i], i, cfg)) for i in chosen), done, max_active=max_active)
+    again = _compute(engine, arr, chosen, cfg, tau, max_active)
     for i in chosen:
         problem = _disagreement(journaled[i], again[i])
         if problem is not None:
@@ -203,6 +256,31 @@ def _recheck(
     return len(chosen)
 
 
+def recompute(
+    model: ProbabilityModel, arr: np.ndarray, indices: Sequence[int], cfg: EstimatorConfig, tau: float, concurrency: int = 1,
+) -> dict[int, SampleResult]:
+    """The samples at `indices` of `arr`, computed afresh: what an audit with `cfg` records for them
+    (each depends on its input, its index and cfg alone; `fimaudit reproduce` relies on this)."""
+    engine = QueryEngine(model, concurrency=concurrency)
+    try:
+        return _compute(engine, arr, list(indices), cfg, tau, _max_active(engine, arr, cfg, model.num_classes))
+    finally:
+        engine.close()
+
+
+def _compute(
+    engine: QueryEngine, arr: np.ndarray, indices: list[int], cfg: EstimatorConfig, tau: float, max_active: int,
+) -> dict[int, SampleResult]:
+    out: dict[int, SampleResult] = {}
+    model_flags = model_wide_flags(engine.model)
+
+    def done(index: int, est: SampleEstimate) -> None:
+        out[index] = _sample_result(index, est, tau, model_flags, _norm(arr[index]))
+
+    engine.run(((i, estimate_sample(arr[i], i, cfg)) for i in indices), done, max_active=max_active)
+    return out
+
+
 def _disagreement(journaled: SampleResult, again: SampleResult) -> str | None:
     """The first field where a journaled sample and its re-computation differ, or None."""
     if "nondeterministic" in again.flags:
@@ -212,6 +290,11 @@ def _disagreement(journaled: SampleResult, again: SampleResult) -> str | None:
             return None
         return f"lambda_max_ci: journaled {list(journaled.lambda_max_ci)}, recomputed {list(again.lambda_max_ci)}"
     return _first_difference(journaled.model_dump(), again.model_dump(), "")
+
+
+def first_difference(old: Any, new: Any) -> str | None:
+    """Where two model_dump()s of a sample first differ (floats to RECHECK_RTOL), or None."""
+    return _first_difference(old, new, "")
 
 
 def _first_difference(old: Any, new: Any, where: str) -> str | None:
@@ -324,7 +407,7 @@ def _input_space(model: ProbabilityModel) -> str:
 
 def _check_options(
     directions: int, scheme: str, estimator: str, tau: float, bootstrap: int, confidence: float,
-    limit: int | None, step: float | None, seed: int, concurrency: int,
+    limit: int | None, step: float | None, seed: int, concurrency: int, sample: int | None = None,
 ) -> None:
     problems = [
         (not isinstance(concurrency, int) or concurrency < 1, f"concurrency must be an integer >= 1 (got {concurrency!r})"),
@@ -336,6 +419,9 @@ def _check_options(
         (bootstrap < 100, f"bootstrap must be >= 100 resamples (got {bootstrap!r})"),
         (not 0.5 <= confidence < 1, f"confidence must be in [0.5, 1) (got {confidence!r})"),
         (limit is not None and limit < 1, f"limit must be >= 1 (got {limit!r})"),
+        (sample is not None and (not isinstance(sample, int) or sample < 1), f"sample must be an integer >= 1 (got {sample!r})"),
+        # Both choose the rows: "the first N of a random draw" would be neither a random sample nor a prefix.
+        (limit is not None and sample is not None, "limit and sample both choose which inputs to audit: give one"),
         (step is not None and not (step > 0 and math.isfinite(step)), f"step must be a positive number (got {step!r})"),
     ]
     for bad, message in problems:

@@ -22,12 +22,14 @@ from fimaudit.policy import PolicyResult, load_policy
 from fimaudit.report import AuditReport
 from fimaudit.signing import (
     PAYLOAD_TYPE,
+    PREDICATE_TYPE,
     AuditPredicate,
     KeyFileError,
     SignatureError,
     Subject,
     VerificationResult,
     attest,
+    build_predicate,
     canonical_json,
     generate_keypair,
     keyid,
@@ -91,9 +93,13 @@ def test_signed_predicate_validates_and_round_trips(report: AuditReport, verdict
     envelope = attest(report, _key("auditor"), verdict)
     statement = _payload(envelope)
     jsonschema.validate(statement["predicate"], json.loads(predicate_json_schema()))
-    assert set(statement["predicate"]) == {"report", "policy"}
+    assert statement["predicateType"] == PREDICATE_TYPE == "https://fimaudit.dev/audit-report/v2"
+    assert set(statement["predicate"]) == {"report", "policy", "assurance", "reproduction", "threat_model", "method", "sample",
+                                           "harness", "non_claims", "compliance"}
     # Floats pass through RFC 8785 text and back without losing a bit.
-    assert AuditPredicate.model_validate(statement["predicate"]) == AuditPredicate(report=report, policy=verdict)
+    signed = AuditPredicate.model_validate(statement["predicate"])
+    assert signed == build_predicate(report, verdict)
+    assert signed.report == report and signed.policy == verdict
     assert base64.b64decode(envelope["payload"]) == canonical_json(statement)
 
 
@@ -162,16 +168,16 @@ def test_api_accepts_paths(report: AuditReport, tmp_path: Path, monkeypatch: pyt
 
 def test_signing_key_prompt_is_used_only_for_encrypted_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("FIMAUDIT_KEY_PASSPHRASE", raising=False)
-    locked_key, _ = generate_keypair(tmp_path / "locked", passphrase=b"s3cret")
-    plain_key, _ = generate_keypair(tmp_path / "plain")
+    locked_key, locked_pub = generate_keypair(tmp_path / "locked", passphrase=b"s3cret")
+    plain_key, plain_pub = generate_keypair(tmp_path / "plain")
     asked: list[Path] = []
 
     def prompt(path: Path) -> bytes:
         asked.append(path)
         return b"s3cret"
 
-    load_signing_key(locked_key, prompt)
-    load_signing_key(plain_key, prompt)
+    assert keyid(load_signing_key(locked_key, prompt).public_key()) == keyid(load_public_key(locked_pub))
+    assert keyid(load_signing_key(plain_key, prompt).public_key()) == keyid(load_public_key(plain_pub))
     assert asked == [locked_key]
     with pytest.raises(KeyFileError, match="wrong passphrase"):
         load_signing_key(locked_key, lambda _: b"nope")
@@ -193,7 +199,7 @@ def test_we_verify_an_attestation_signed_by_securesystemslib(report: AuditReport
     sslib = Envelope(payload=json.dumps(statement).encode(), payload_type=PAYLOAD_TYPE, signatures={})
     sslib.sign(CryptoSigner(auditor, SSlibKey.from_crypto(auditor.public_key(), keyid=keyid(auditor.public_key()))))
     result = verify(json.loads(json.dumps(sslib.to_dict())), [auditor.public_key()], EXAMPLE)
-    assert result.predicate == AuditPredicate(report=report, policy=verdict)
+    assert result.predicate == build_predicate(report, verdict)
 
 
 # --------------------------------------------------------------------------- #

@@ -17,7 +17,7 @@ from fimaudit.errors import EXIT_CODES
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "digits.onnx"
 EXAMPLE_DATA = ROOT / "examples" / "digits_test.npy"
-COMMANDS = ("audit", "keygen", "sign", "verify", "schema", "render", "compare")
+COMMANDS = ("audit", "keygen", "sign", "verify", "schema", "render", "compare", "reproduce")
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -111,3 +111,14 @@ def test_skip_unreadable_records_files_and_skipped_ones_in_the_report(tmp_path: 
 def test_skip_unreadable_is_refused_for_an_array_file(tmp_path: Path) -> None:
     res = audit(tmp_path, "--skip-unreadable")
     assert res.returncode == 2 and "--skip-unreadable" in res.stderr
+
+
+def test_assurance_is_declared_at_audit_time_and_reproduced_cannot_be(tmp_path: Path) -> None:
+    assert run("keygen", "--out", str(tmp_path / "k")).returncode == 0
+    signed = tmp_path / "s.dsse.json"
+    made = audit(tmp_path, "--sign", str(tmp_path / "k.key"), "--assurance", "third_party", out=signed)
+    assert made.returncode == 0, made.stderr
+    shown = run("verify", str(signed), "--key", str(tmp_path / "k.pub"))
+    assert shown.returncode == 0 and re.search(r"assurance\s+third_party", shown.stdout), shown.stdout
+    refused = audit(tmp_path, "--assurance", "reproduced")
+    assert refused.returncode == 2 and "fimaudit reproduce" in refused.stderr

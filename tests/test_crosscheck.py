@@ -126,6 +126,7 @@ def test_the_three_compute_the_same_function(three: dict[str, fimaudit.Probabili
     assert len(set(np.argmax(p["torch"], axis=1))) >= 3  # the inputs are not all one class
 
 
+@pytest.mark.slow  # the `reports` fixture audits in three frameworks: about 55 s
 def test_black_box_estimates_agree_within_intervals(reports: dict[str, fimaudit.AuditReport]) -> None:
     names = list(reports)
     for i in range(SAMPLES):
@@ -139,6 +140,7 @@ def test_black_box_estimates_agree_within_intervals(reports: dict[str, fimaudit.
         assert max(values) / min(values) - 1 < 1e-2, (i, values)
 
 
+@pytest.mark.slow  # the `reports` fixture audits in three frameworks: about 55 s
 def test_white_box_lies_within_the_intervals(three: dict[str, fimaudit.ProbabilityModel], reports: dict[str, fimaudit.AuditReport], x: np.ndarray) -> None:
     exact = np.array([w.lambda_max for w in three["torch"].exact_fisher(x)])  # type: ignore[attr-defined]
     for name, report in reports.items():

@@ -1,6 +1,7 @@
 """The query engine itself: batching, pipelining, failures named by sample, prompt interrupts."""
 from __future__ import annotations
 
+import ast
 import threading
 import time
 from collections.abc import Generator
@@ -104,16 +105,26 @@ def test_recording_failure_names_the_sample() -> None:
 
 
 def test_failed_batch_names_every_lost_sample() -> None:
+    in_failed_batch: set[int] = set()
+
     def fn(batch: np.ndarray) -> np.ndarray:
-        if (batch == 1.0).any():  # every sample's second block
+        if (batch >= 10).any():  # every sample's second block
+            in_failed_batch.update(int(v) % 10 for v in batch[:, 0])  # each row's value names its sample
             raise QueryError("the server refused the batch.", "retry later")
         return softmax_rows(batch)
 
+    def task(key: int) -> Generator[np.ndarray, np.ndarray, None]:
+        yield np.full((2, 3), float(key))
+        yield np.full((2, 3), 10.0 + key)
+
     model = CallableModel(fn, SPEC, 2, max_batch_size=4)
-    with pytest.raises(QueryError, match=r"Samples not audited: \[") as info:
-        run(QueryEngine(model, retries=0), {key: echo_task([2, 2]) for key in range(5)})
-    lost = info.value.message.split("Samples not audited: ")[1]
-    assert "0" in lost  # the first sample's second block was in the failed batch
+    with pytest.raises(QueryError, match=r"Samples not audited: \[[0-9, ]+\]\.") as info:
+        run(QueryEngine(model, retries=0), {key: task(key) for key in range(5)})
+    lost = ast.literal_eval(info.value.message.split("Samples not audited: ")[1].removesuffix("."))
+    # The list itself, not a substring of it ("0" is in "[10]"): sorted keys, each once, every
+    # sample of the failed batch among them (with those whose queries were still in flight).
+    assert isinstance(lost, list) and lost == sorted(set(lost)) and set(lost) <= set(range(5))
+    assert 0 in in_failed_batch and in_failed_batch <= set(lost)
 
 
 @pytest.mark.parametrize("stuck", ["backing off before a retry", "inside a slow request"])

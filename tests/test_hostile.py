@@ -53,7 +53,10 @@ outputs = hnp.arrays(
 @settings(max_examples=300, deadline=None)
 @given(out=outputs, kind=st.sampled_from(["probabilities", "logits"]))
 def test_any_model_output(out: np.ndarray, kind: str) -> None:
-    model = CallableModel(lambda b: np.repeat(out, len(b), axis=0) if out.ndim == 2 else out, InputSpec(shape=SHAPE, dtype="float64"), 4, outputs=kind, max_batch_size=1)  # type: ignore[arg-type]
+    def answer(batch: np.ndarray) -> np.ndarray:
+        return np.repeat(out, len(batch), axis=0) if out.ndim == 2 else out
+
+    model = CallableModel(answer, InputSpec(shape=SHAPE, dtype="float64"), 4, outputs=kind, max_batch_size=1)  # type: ignore[arg-type]
     try:
         report = fimaudit.audit(model, np.zeros((1, *SHAPE)), directions=4, bootstrap=100)
     except FimauditError as exc:
@@ -76,8 +79,12 @@ def cli_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return d / "m.onnx", d / "x.npy"
 
 
+CLI_OPTIONS = ["--directions", "--seed", "--step", "--tau", "--limit", "--scheme", "--estimator", "--outputs", "--batch-size", "--concurrency"]
+
+
+@pytest.mark.slow  # about 10 s: 150 audits through the command line
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(option=st.sampled_from(["--directions", "--seed", "--step", "--tau", "--limit", "--scheme", "--estimator", "--outputs", "--batch-size", "--concurrency"]), value=option_values)
+@given(option=st.sampled_from(CLI_OPTIONS), value=option_values)
 def test_any_cli_option_value(cli_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory, option: str, value: str) -> None:
     model, data = cli_files
     out = tmp_path_factory.mktemp("out") / "r.json"

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from fimaudit.data import load_input_set, load_inputs
-from fimaudit.errors import DataError
-from fimaudit.images import decode_png, load_image_folder, read_image_folder
+# Pillow is the reference decoder here (and reads the formats beside PNG): in the test extra.
+Image = pytest.importorskip("PIL.Image", reason="Pillow is installed with fimaudit[test]")
+
+from fimaudit.data import load_input_set, load_inputs  # noqa: E402
+from fimaudit.errors import DataError  # noqa: E402
+from fimaudit.images import decode_png, load_image_folder, read_image_folder  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RNG = np.random.default_rng(7)

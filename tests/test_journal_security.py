@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KnownModel
+from known_models import KnownModel
 
 import fimaudit
 from fimaudit.errors import UsageError
@@ -28,12 +28,12 @@ AUDIT = {"directions": 16, "seed": 3}
 def _journaled(tmp_path: Path, known: KnownModel, n: int = 6) -> Path:
     """A journal holding samples 0..n-1, as an interrupted audit leaves it."""
     journal = tmp_path / "audit.journal"
-    fimaudit.audit(fimaudit.load_model(known.path), known.x, limit=n, journal=journal, **AUDIT)
+    fimaudit.audit(known.model(), known.x, limit=n, journal=journal, **AUDIT)
     return journal
 
 
 def _resume(known: KnownModel, journal: Path) -> fimaudit.AuditReport:
-    return fimaudit.audit(fimaudit.load_model(known.path), known.x, journal=journal, **AUDIT)
+    return fimaudit.audit(known.model(), known.x, journal=journal, **AUDIT)
 
 
 def _edit_rows(journal: Path, edit: Callable[[dict], dict]) -> None:
@@ -128,13 +128,13 @@ def test_altered_audit_description_is_refused(tmp_path: Path, mlp64: KnownModel)
 
 def test_honest_resume_reports_its_counts(tmp_path: Path, mlp64: KnownModel) -> None:
     journal = _journaled(tmp_path, mlp64)
-    first = fimaudit.audit(fimaudit.load_model(mlp64.path), mlp64.x, limit=6, **AUDIT)
+    first = fimaudit.audit(mlp64.model(), mlp64.x, limit=6, **AUDIT)
     resumed = _resume(mlp64, journal)
     assert resumed.samples[:6] == first.samples
     assert resumed.summary.n == 20
     assert resumed.summary.journal == JournalInfo(resumed=6, rechecked=2)
     assert first.summary.journal is None  # no journal: nothing to report
-    fresh = fimaudit.audit(fimaudit.load_model(mlp64.path), mlp64.x, journal=tmp_path / "new.journal", **AUDIT)
+    fresh = fimaudit.audit(mlp64.model(), mlp64.x, journal=tmp_path / "new.journal", **AUDIT)
     assert fresh.summary.journal == JournalInfo(resumed=0, rechecked=0)
     assert [s.model_dump() for s in fresh.samples] == [s.model_dump() for s in resumed.samples]
 

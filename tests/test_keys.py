@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 import fimaudit.signing.keys as keys_module
 from fimaudit.errors import FimauditError
@@ -27,6 +27,10 @@ PASSPHRASE = b"correct horse battery staple"
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _raw(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 def _raises_keyfile(match: str) -> pytest.RaisesExc[KeyFileError]:
@@ -99,8 +103,13 @@ def test_encrypted_key_is_encrypted_and_loads(encrypted_pair: tuple[Path, Path])
     key_path, pub_path = encrypted_pair
     assert b"BEGIN ENCRYPTED PRIVATE KEY" in key_path.read_bytes()
     assert _mode(key_path) == 0o600
+    # The PEM label alone proves nothing: the key must really be unreadable without the passphrase.
+    with _raises_keyfile("no passphrase was given"):
+        load_private_key(key_path)
+    with pytest.raises(TypeError, match="Password was not given but private key is encrypted"):
+        serialization.load_pem_private_key(key_path.read_bytes(), password=None)  # by cryptography itself
     private = load_private_key(key_path, PASSPHRASE)
-    assert keyid(private.public_key()) == keyid(load_public_key(pub_path))
+    assert _raw(private.public_key()) == _raw(load_public_key(pub_path))
 
 
 def test_refuses_to_overwrite(plain_pair: tuple[Path, Path], tmp_path: Path) -> None:
@@ -302,5 +311,13 @@ def test_passphrase_from_env_unset_or_empty(monkeypatch: pytest.MonkeyPatch) -> 
 def test_env_passphrase_unlocks_key(
     encrypted_pair: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    key_path, pub_path = encrypted_pair
+    monkeypatch.delenv("FIMAUDIT_KEY_PASSPHRASE", raising=False)
+    with _raises_keyfile("no passphrase was given"):  # the file really needs it
+        load_private_key(key_path, passphrase_from_env())
+    monkeypatch.setenv("FIMAUDIT_KEY_PASSPHRASE", "not the passphrase")
+    with _raises_keyfile("wrong passphrase"):
+        load_private_key(key_path, passphrase_from_env())
     monkeypatch.setenv("FIMAUDIT_KEY_PASSPHRASE", PASSPHRASE.decode())
-    load_private_key(encrypted_pair[0], passphrase_from_env())
+    private = load_private_key(key_path, passphrase_from_env())
+    assert _raw(private.public_key()) == _raw(load_public_key(pub_path))  # the pair's own key, unlocked

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KnownModel
+from known_models import KnownModel
 
 from fimaudit.errors import UsageError
 from fimaudit.fileio import atomic_write

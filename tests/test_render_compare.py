@@ -101,17 +101,19 @@ def test_compare_recovers_a_known_ratio(report: AuditReport) -> None:
     assert result.median_log10_ratio == pytest.approx(math.log10(4))
     low, high = result.median_log10_ratio_ci
     assert low == pytest.approx(math.log10(4)) and high == pytest.approx(math.log10(4))
-    assert result.verdict == "B less robust" and result.fraction_b_lower == 0
-    assert compare(report, scaled(report, np.full(len(report.samples), 0.5))).verdict == "B more robust"
+    # The verdict names what was measured (sensitivity), never robustness.
+    assert result.verdict == "B more sensitive: higher lambda_max" and result.fraction_b_lower == 0
+    assert compare(report, scaled(report, np.full(len(report.samples), 0.5))).verdict == "B less sensitive: lower lambda_max"
     same = compare(report, report)
-    assert same.verdict == "no clear difference" and same.median_log10_ratio == 0 and same.same_prediction == 1
+    assert same.verdict == "no clear difference in lambda_max" and same.median_log10_ratio == 0 and same.same_prediction == 1
+    assert same.caveats == [] and result.caveats == []  # the same confidences: calibration cannot explain a ratio
 
 
 def test_compare_interval_covers_noise_without_a_shift(report: AuditReport) -> None:
     noise = np.exp(np.random.default_rng(3).normal(0, 0.5, len(report.samples)))
     result = compare(report, scaled(report, noise))
     low, high = result.median_log10_ratio_ci
-    assert low < 0 < high and result.verdict == "no clear difference"
+    assert low < 0 < high and result.verdict == "no clear difference in lambda_max"
     # The bootstrap interval of a median: wider than zero, within the observed range.
     values = np.log10(noise)
     lo2, hi2 = median_interval(values, 0.95, 10_000, 1)
@@ -144,5 +146,6 @@ def test_cli_render_and_compare(tmp_path: Path) -> None:
     assert compared.returncode == 5 and "unsigned fimaudit report" in compared.stderr  # with --key, both must be signed
     assert run("compare", str(signed), str(signed), "--key", str(tmp_path / "k.pub")).returncode == 0
     both = run("compare", str(plain), str(plain), "--json", str(tmp_path / "c.json"))
-    assert both.returncode == 0 and "no clear difference" in both.stdout
+    said = " ".join(both.stdout.split())  # the console wraps long lines
+    assert both.returncode == 0 and "verdict: no clear difference in lambda_max (sensitivity, not robustness" in said
     assert json.loads((tmp_path / "c.json").read_text())["n"] == 8

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KnownModel, make_known
+from known_models import KnownModel, make_known
 
 import fimaudit
 from fimaudit.errors import UsageError
@@ -61,6 +61,7 @@ def _kill_after(proc: subprocess.Popen[bytes], journal: Path, target: int, extra
     return True
 
 
+@pytest.mark.slow  # about 60 s: 22 audits of 400 inputs in subprocesses
 def test_kill_9_at_20_random_moments(tmp_path: Path, slow_audit: tuple[KnownModel, Path]) -> None:
     known, data = slow_audit
     reference_out = tmp_path / "reference.json"
@@ -81,7 +82,7 @@ def test_kill_9_at_20_random_moments(tmp_path: Path, slow_audit: tuple[KnownMode
 
 
 def test_resume_skips_finished_samples_and_refuses_another_audit(tmp_path: Path, mlp64: KnownModel) -> None:
-    model = fimaudit.load_model(mlp64.path)
+    model = mlp64.model()
     journal = tmp_path / "j.sqlite"
     first = fimaudit.audit(model, mlp64.x, directions=16, limit=5, journal=journal)
     more = fimaudit.audit(model, mlp64.x, directions=16, journal=journal)
@@ -101,6 +102,7 @@ def _cli(known: KnownModel, data: Path, out: Path, *extra: str) -> list[str]:
             "--directions", "64", "--estimator", "sketch", "-q", "--limit", "120", *extra]
 
 
+@pytest.mark.slow  # about 20 s: five CLI audits
 def test_cli_resumes_the_same_command_and_refuses_a_changed_one(tmp_path: Path, slow_audit: tuple[KnownModel, Path]) -> None:
     known, data = slow_audit
     reference, out = tmp_path / "reference.json", tmp_path / "report.json"
@@ -123,7 +125,7 @@ def test_cli_resumes_the_same_command_and_refuses_a_changed_one(tmp_path: Path, 
 
 
 def test_unusable_journal_is_a_typed_error(tmp_path: Path, mlp64: KnownModel) -> None:
-    model = fimaudit.load_model(mlp64.path)
+    model = mlp64.model()
     garbage = tmp_path / "garbage.sqlite"
     garbage.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(UsageError, match="cannot be used") as info:

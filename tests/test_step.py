@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import KnownModel, make_known
+from known_models import KnownModel, make_known
 
 import fimaudit
 from fimaudit.differences import LOCALITY, PILOT_DIRECTIONS, PILOT_STEPS
@@ -22,7 +22,7 @@ def covered(report: fimaudit.AuditReport, exact: np.ndarray) -> list[bool]:
 
 
 def test_step_is_local_and_recorded(curved: KnownModel) -> None:
-    report = fimaudit.audit(fimaudit.load_model(curved.path), curved.x, directions=512, seed=0)
+    report = fimaudit.audit(curved.model(), curved.x, directions=512, seed=0)
     lam, _, _ = curved.exact()
     d = int(np.prod(curved.x.shape[1:]))
     live = [i for i, s in enumerate(report.samples) if "below_resolution" not in s.flags]
@@ -43,7 +43,7 @@ def test_step_is_local_and_recorded(curved: KnownModel) -> None:
 
 
 def test_pilot_costs_under_five_percent_at_256(curved: KnownModel) -> None:
-    report = fimaudit.audit(fimaudit.load_model(curved.path), curved.x, directions=256, seed=0, estimator="sketch")
+    report = fimaudit.audit(curved.model(), curved.x, directions=256, seed=0, estimator="sketch")
     sketch = 2 + 2 * 256 + 2
     for s in report.samples:
         pilot = sum(t.directions for t in s.step_trials) * 2
@@ -56,7 +56,7 @@ def test_pilot_costs_under_five_percent_at_256(curved: KnownModel) -> None:
 def test_given_step_is_honoured_and_checked(curved: KnownModel) -> None:
     """A large fixed step is used as given, and the report says it is not local."""
     big = 0.05 * float(np.std(curved.x))
-    report = fimaudit.audit(fimaudit.load_model(curved.path), curved.x, directions=64, seed=0, step=big)
+    report = fimaudit.audit(curved.model(), curved.x, directions=64, seed=0, step=big)
     assert report.config.step == big and report.config.step_rule.startswith("fixed")
     for s in report.samples:
         assert s.step == big
@@ -95,7 +95,7 @@ def test_unconverged_step_widens_the_interval(models_dir: Path) -> None:
 def test_exact_mode_interval_includes_the_finite_difference_error(mlp32: KnownModel) -> None:
     """Coordinate mode has no sampling error; its interval is the finite-difference band, and
     through float32 outputs that band is not zero and holds the exact value."""
-    report = fimaudit.audit(fimaudit.load_model(mlp32.path), mlp32.x, estimator="exact")
+    report = fimaudit.audit(mlp32.model(), mlp32.x, estimator="exact")
     lam, _, _ = mlp32.exact()
     for s, exact in zip(report.samples, lam):
         low, high = s.lambda_max_ci
@@ -113,7 +113,7 @@ def test_real_trained_network_where_the_fixed_step_fails() -> None:
     autograd value on every input."""
     import sys
 
-    import torch
+    torch = pytest.importorskip("torch", reason="torch is installed by adapters/torch/install.sh")
     from fimaudit_torch import TorchModel
 
     sys.path.insert(0, str(DATA))

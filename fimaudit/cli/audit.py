@@ -22,7 +22,7 @@ from fimaudit.cli.app import (
     require_writable_dir,
 )
 from fimaudit.adapter import one_line
-from fimaudit.cli.signing import signing_key
+from fimaudit.cli.signing import ASSURANCE_HELP, declared_assurance, signing_key
 from fimaudit.cli.summary import describe_check, print_policy, print_summary
 from fimaudit.data import InputSet, fit_to_spec, load_input_set
 from fimaudit.errors import FimauditError, ModelError, UsageError
@@ -33,7 +33,7 @@ from fimaudit.policy import PolicyResult, load_policy
 from fimaudit.registry import load_model
 from fimaudit.report import AuditReport, SkippedInput
 from fimaudit.runner import audit as run_audit
-from fimaudit.signing import AuditPredicate, attest, envelope_to_bytes, require_attestable
+from fimaudit.signing import Assurance, attest, build_predicate, envelope_to_bytes, require_attestable
 
 # The runner refuses fewer; below RELIABLE_INTERVAL_DIRECTIONS the intervals may undercover: 90%
 # at k = 16 in docs/math.md's simulation, 88-92.5% at k <= 64 on real models with the old interval.
@@ -54,6 +54,11 @@ def audit(
         None, "--out", "-o", metavar="FILE", help="Where to write the result (default report.json, or report.dsse.json with --sign).",
     ),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", metavar="N", min=1, help="Audit only the first N inputs."),
+    sample: Optional[int] = typer.Option(
+        None, "--sample", metavar="N", min=1,
+        help="Audit N inputs drawn at random without replacement, the draw fixed by --seed and the data's digest "
+        "(recorded in the report's data.selection); not with --limit.",
+    ),
     directions: int = typer.Option(
         256, "--directions", metavar="K", min=MIN_DIRECTIONS,
         help=f"Random directions per input, at least {MIN_DIRECTIONS} ({RELIABLE_INTERVAL_DIRECTIONS} or more for intervals "
@@ -101,6 +106,7 @@ def audit(
         None, "--input-shape", metavar="SHAPE",
         help="Shape of one input, e.g. 3,32,32, for models that do not record it (default: taken from --data).",
     ),
+    assurance: str = typer.Option("self", "--assurance", metavar="LEVEL", help=ASSURANCE_HELP),
     skip_unreadable: bool = typer.Option(
         False, "--skip-unreadable",
         help="With an image folder: skip files that cannot be decoded (corrupt, truncated, multipage) and list "
@@ -114,6 +120,9 @@ def audit(
     """
     with errors_to_exit_codes():
         require_utf8_path(model, "model")  # the report records it as text, after the whole audit
+        if limit is not None and sample is not None:
+            raise UsageError("--limit and --sample both choose which inputs to audit.", "give one of them")
+        level = declared_assurance(assurance)
         if skip_unreadable and not data.is_dir():
             raise UsageError("--skip-unreadable applies to a folder of images only.", "drop it, or pass --data a folder")
         options = model_options(outputs, output_name, input_name, batch_size, header_env=header_env, timeout=timeout)
@@ -138,14 +147,14 @@ def audit(
                 with progress_bar(quiet) as progress:
                     report = run_audit(
                         loaded, inputs.x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
-                        tau=tau, limit=limit, concurrency=concurrency, data_source=path_text(data), progress=progress,
+                        tau=tau, limit=limit, sample=sample, concurrency=concurrency, data_source=path_text(data), progress=progress,
                         journal=book, restart=restart, white_box=white_box, journal_lock=lock,
                     )
             finally:
                 loaded.close()
             report = with_files(report, inputs, skip_unreadable)
             verdict = policy.evaluate(report) if policy is not None else None
-            atomic_write(target, audit_output(report, verdict, key, model))
+            atomic_write(target, audit_output(report, verdict, key, model, level))
             remove_journal(book)  # the report now holds every sample; a rerun starts afresh
         print_audit_result(report, verdict, target, signed=key is not None, quiet=quiet)
     if verdict is not None and not verdict.passed:
@@ -186,7 +195,9 @@ def with_files(report: AuditReport, inputs: InputSet, skip_unreadable: bool) -> 
     if inputs.names is None:
         return report
     skipped = [SkippedInput(name=s.name, reason=s.reason) for s in inputs.skipped] if skip_unreadable else None
-    data = report.data.model_copy(update={"files": inputs.names[: len(report.samples)], "skipped": skipped or None})
+    # A sample's index is its row in the folder (also under --sample): files[j] names samples[j]'s file.
+    files = [inputs.names[s.index] for s in report.samples]
+    data = report.data.model_copy(update={"files": files, "skipped": skipped or None})
     return report.model_copy(update={"data": data})
 
 
@@ -245,14 +256,16 @@ def warn_small_k(directions: int, estimator: str) -> None:
         )
 
 
-def audit_output(report: AuditReport, verdict: PolicyResult | None, key: Ed25519PrivateKey | None, model: str) -> bytes:
+def audit_output(
+    report: AuditReport, verdict: PolicyResult | None, key: Ed25519PrivateKey | None, model: str, assurance: Assurance,
+) -> bytes:
     """The bytes for --out: envelope when signing, predicate with a policy, else the bare report."""
     if key is not None:
         # A local model path is re-hashed, so a file swapped during the audit is never attested.
         model_path = model if Path(model).exists() else None
-        return envelope_to_bytes(attest(report, key, verdict, model_path))
+        return envelope_to_bytes(attest(report, key, verdict, model_path, assurance=assurance))
     if verdict is not None:
-        return AuditPredicate(report=report, policy=verdict).to_json().encode()
+        return build_predicate(report, verdict, assurance=assurance).to_json().encode()
     return report.to_json().encode()
 
 

@@ -18,9 +18,11 @@ from fimaudit.reading import read_plain
 from fimaudit.registry import adapter_for
 from fimaudit.report import AuditReport
 from fimaudit.signing import (
+    ASSURANCE_MEANINGS,
     PASSPHRASE_ENV,
     PRIVATE_SUFFIX,
     PUBLIC_SUFFIX,
+    Assurance,
     VerificationResult,
     envelope_to_bytes,
     generate_keypair,
@@ -34,6 +36,21 @@ from fimaudit.signing import (
 )
 
 KEY_HELP = "Public key that must have signed (repeat for each)."
+ASSURANCE_HELP = (
+    "Who you are to this model, signed into the predicate with --sign: self (its developer or owner, the default) or "
+    "third_party (independent of its developer). 'reproduced' is recorded only by fimaudit reproduce."
+)
+DECLARABLE = ("self", "third_party")
+
+
+def declared_assurance(value: str) -> Assurance:
+    """An --assurance value an auditor may declare. 'reproduced' is refused: it stands on a
+    re-computation, which only `fimaudit reproduce` records, never on a flag."""
+    if value == "reproduced":
+        raise UsageError("--assurance reproduced cannot be declared.", "fimaudit reproduce records it, with the re-computation behind it")
+    if value not in DECLARABLE:
+        raise UsageError(f"--assurance must be self or third_party (got {value!r}).", "omit it to declare self")
+    return "self" if value == "self" else "third_party"
 
 
 @app.command()
@@ -143,7 +160,15 @@ def print_verification(envelope: Path, result: VerificationResult, names: dict[s
         typer.echo(f"  model       {model} matches the subject")
     report = result.predicate.report
     typer.echo(f"  report      {report.summary.n} inputs, fimaudit {report.tool.version}, data sha256:{report.data.sha256}")
+    typer.echo(f"  assurance   {assurance_line(result)}")
     typer.echo(f"  policy      {verdict_line(result.predicate.policy)}")
+
+
+def assurance_line(result: VerificationResult) -> str:
+    """The signed assurance level and what it rests on; v1 predicates declared none."""
+    if result.assurance is None:
+        return f"not declared (predicate {result.predicate_type}, before assurance levels were signed)"
+    return f"{result.assurance}: {ASSURANCE_MEANINGS[result.assurance]}"
 
 
 def signing_key(path: Path) -> Ed25519PrivateKey:

@@ -4,6 +4,8 @@ Three layers, each importing only the ones above it:
 
 - `keys`: Ed25519 key files (generate, load, keyid); the one place keys are read.
 - `dsse`: in-toto Statement v1 in a DSSE v1 envelope; sign and verify bytes, nothing about reports.
+- `predicate`: the v2 predicate's readable sections (threat model, method, sample, harness,
+  non-claims, compliance mapping), derived from the report or recorded at signing.
 - `attestation`: what fimaudit signs (an AuditPredicate about the model's files or endpoint),
   and the checks `verify` makes on it beyond the signatures.
 
@@ -15,9 +17,11 @@ from __future__ import annotations
 from fimaudit.errors import KeyFileError, SignatureError
 from fimaudit.signing.attestation import (
     AuditPredicate,
+    AuditPredicateV1,
     Subject,
     VerificationResult,
     attest,
+    build_predicate,
     check_subjects,
     content_problems,
     directory_subjects,
@@ -29,6 +33,7 @@ from fimaudit.signing.attestation import (
     predicate_json_schema,
     report_subjects,
     require_attestable,
+    section_problems,
     sign,
     summary_problems,
     unsigned_kind,
@@ -38,6 +43,8 @@ from fimaudit.signing.attestation import (
 from fimaudit.signing.dsse import (
     PAYLOAD_TYPE,
     PREDICATE_TYPE,
+    PREDICATE_TYPE_V1,
+    PREDICATE_TYPES,
     STATEMENT_TYPE,
     VerifiedEnvelope,
     add_signature,
@@ -61,22 +68,40 @@ from fimaudit.signing.keys import (
     load_signing_key,
     passphrase_from_env,
 )
+from fimaudit.signing.predicate import (
+    ASSURANCE_MEANINGS,
+    NON_CLAIMS,
+    Assurance,
+    Harness,
+    NonClaim,
+    package_digest,
+    record_harness,
+)
 
 __all__ = [
+    "ASSURANCE_MEANINGS",
+    "NON_CLAIMS",
     "PASSPHRASE_ENV",
     "PAYLOAD_TYPE",
     "PREDICATE_TYPE",
+    "PREDICATE_TYPES",
+    "PREDICATE_TYPE_V1",
     "PRIVATE_SUFFIX",
     "PUBLIC_SUFFIX",
     "STATEMENT_TYPE",
+    "Assurance",
     "AuditPredicate",
+    "AuditPredicateV1",
+    "Harness",
     "KeyFileError",
+    "NonClaim",
     "SignatureError",
     "Subject",
     "VerificationResult",
     "VerifiedEnvelope",
     "add_signature",
     "attest",
+    "build_predicate",
     "canonical_json",
     "check_subjects",
     "content_problems",
@@ -93,12 +118,15 @@ __all__ = [
     "load_signing_key",
     "make_statement",
     "model_subjects",
+    "package_digest",
     "pae",
     "passphrase_from_env",
     "policy_problems",
     "predicate_json_schema",
+    "record_harness",
     "report_subjects",
     "require_attestable",
+    "section_problems",
     "sign",
     "sign_envelope",
     "subject_digests",

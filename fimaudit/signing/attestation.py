@@ -1,8 +1,10 @@
 """Signed audit reports: attest a report about a model, co-sign it, verify it.
 
-The signed predicate is an AuditPredicate, `{"report": <AuditReport>,
-"policy": <PolicyResult or null>}`, so a policy verdict is covered by the
-same signatures as the figures it judges. The statement's subject is the
+The signed predicate (predicateType v2) is an AuditPredicate: the report, its policy verdict (so a
+verdict is covered by the same signatures as the figures it judges), and the sections a compliance
+reviewer reads -- threat model, method, sample, harness, assurance level, non-claims, compliance
+mapping (fimaudit.signing.predicate). v1 envelopes, `{"report", "policy"}` only, still verify
+(AuditPredicateV1). The statement's subject is the
 audited model: one entry for a model file, one per file for a model directory or for a model
 file that references others (ONNX external data).
 Envelope format and verification order: fimaudit.signing.dsse and docs/signing.md.
@@ -24,15 +26,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fimaudit.adapter import directory_files, file_sha256, manifest_sha256
 from fimaudit.errors import DataError, FimauditError, SignatureError, UsageError
 from fimaudit.policy import Policy, PolicyResult, inconsistencies
 from fimaudit.registry import model_files
-from fimaudit.report import AuditReport, ModelInfo, Stats, summarize
+from fimaudit.report import AuditReport, ModelInfo, Reproduction, Stats, summarize
 from fimaudit.signing.dsse import (
     PREDICATE_TYPE,
+    PREDICATE_TYPE_V1,
     add_signature,
     canonical_json,
     envelope_from_bytes,
@@ -40,7 +43,9 @@ from fimaudit.signing.dsse import (
     sign_envelope,
     verify_envelope,
 )
+from fimaudit.signing import predicate as sections
 from fimaudit.signing.keys import keyid, load_public_key, load_signing_key
+from fimaudit.signing.predicate import COMPLIANCE, Assurance, Compliance, Harness, Method, NonClaim, SampleInfo, ThreatModel
 
 PathLike = str | os.PathLike[str]
 PrivateKeyLike = Ed25519PrivateKey | PathLike
@@ -68,8 +73,8 @@ class Subject(_Model):
         return {"name": self.name, "digest": {"sha256": self.sha256}}
 
 
-class AuditPredicate(_Model):
-    """What fimaudit signs: the full report and, when a policy was applied, its verdict."""
+class AuditPredicateV1(_Model):
+    """The v1 predicate (https://fimaudit.dev/audit-report/v1): the report and its verdict, nothing else."""
 
     report: AuditReport
     # Required even when null, so every signed predicate states outright whether a policy was applied.
@@ -78,9 +83,63 @@ class AuditPredicate(_Model):
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
 
+
+def _every_field_required(schema: dict[str, Any]) -> None:
+    # Python callers may leave sections to be derived, but every signed v2 predicate states them all
+    # (verify refuses one that does not), and the published schema describes the signed form.
+    schema["required"] = sorted(schema.get("properties", {}))
+
+
+class AuditPredicate(AuditPredicateV1):
+    """What fimaudit signs (predicateType v2): the report, its verdict, and what they do and do not show.
+
+    threat_model, method and sample are derived from the report when not given (verify recomputes
+    them); the harness is recorded by `build_predicate`, and null only in unsigned predicates.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_every_field_required)
+
+    assurance: Assurance = Field(
+        default="self",
+        description="Who stands behind the figures, as declared by the signer: self (the model's developer audited its own "
+        "model), third_party (an independent party audited it), reproduced (an independent party re-computed recorded "
+        "samples and they matched: see reproduction).",
+    )
+    reproduction: Reproduction | None = Field(default=None, description="The re-computation behind assurance = reproduced; null otherwise.")
+    # Derived from the report (validated first, being declared first) when not given; verify recomputes them.
+    threat_model: ThreatModel = Field(default_factory=lambda data: sections.threat_model(data["report"]),
+                                      description="Which perturbations the figures are about.")
+    method: Method = Field(default_factory=lambda data: sections.method(data["report"]), description="How lambda_max was estimated.")
+    sample: SampleInfo = Field(default_factory=lambda data: sections.sample_info(data["report"]),
+                               description="Which inputs were audited, and what they speak for.")
+    harness: Harness | None = Field(
+        default=None, description="The installation that signed (for audit --sign, the one that audited); null only unsigned."
+    )
+    non_claims: list[NonClaim] = Field(default_factory=sections.standard_non_claims, description="What the figures do not show.")
+    compliance: Compliance = Field(default=COMPLIANCE, description="Provisions this is evidence for: identifiers; docs/compliance.md.")
+
+    @model_validator(mode="after")
+    def _reproduced_has_its_record(self) -> AuditPredicate:
+        # "reproduced" is the one level with evidence of its own: without the record it is an empty claim.
+        if self.assurance == "reproduced" and self.reproduction is None:
+            raise ValueError("assurance 'reproduced' needs the reproduction record")
+        return self
+
     @classmethod
     def from_json(cls, text: str | bytes) -> AuditPredicate:
         return cls.model_validate_json(text)
+
+
+def build_predicate(
+    report: AuditReport, policy: PolicyResult | None, *, assurance: Assurance = "self", reproduction: Reproduction | None = None,
+) -> AuditPredicate:
+    """The v2 predicate for `report`, with the harness digested from this installation now."""
+    return AuditPredicate(report=report, policy=policy, assurance=assurance, reproduction=reproduction,
+                          harness=sections.record_harness(report.model.adapter))
+
+
+# The models that read each predicate type fimaudit signs or once signed.
+_PREDICATE_MODELS: dict[str, type[AuditPredicateV1]] = {PREDICATE_TYPE: AuditPredicate, PREDICATE_TYPE_V1: AuditPredicateV1}
 
 
 class VerificationResult(_Model):
@@ -90,12 +149,18 @@ class VerificationResult(_Model):
     unverified: list[str] = Field(description="keyids of other signatures, not checked.")
     subjects: list[Subject]
     subject_ok: bool | None = Field(description="True when --model matched the subject; None when not checked.")
-    predicate: AuditPredicate
+    predicate: AuditPredicate | AuditPredicateV1
+    predicate_type: str = Field(default=PREDICATE_TYPE, description="The statement's predicateType: v2, or v1 for older envelopes.")
 
     @property
     def policy_passed(self) -> bool | None:
         """The signed policy verdict; None when the report was signed without a policy."""
         return None if self.predicate.policy is None else self.predicate.policy.passed
+
+    @property
+    def assurance(self) -> Assurance | None:
+        """The signed assurance level; None for a v1 predicate, which declares none."""
+        return self.predicate.assurance if isinstance(self.predicate, AuditPredicate) else None
 
 
 def predicate_json_schema() -> str:
@@ -113,18 +178,23 @@ def attest(
     private_key: PrivateKeyLike,
     policy: PolicyResult | Policy | None = None,
     model_path: PathLike | None = None,
+    *,
+    assurance: Assurance = "self",
+    reproduction: Reproduction | None = None,
 ) -> dict[str, Any]:
     """Sign `report` (and its policy verdict) as a statement about the audited model.
 
     `model_path` defaults to the report's model reference only for directories
     (whose per-file digests the report does not hold); for a model file the
     report's own sha256 is attested, after re-hashing `model_path` if given.
+    `assurance` is the signer's declaration (docs/compliance.md); "reproduced"
+    needs the `reproduction` record that backs it.
     """
     key = _private_key(private_key)
     if isinstance(policy, Policy):
         policy = policy.evaluate(report)
     subjects = report_subjects(report, model_path)
-    predicate = AuditPredicate(report=report, policy=policy).model_dump(mode="json")
+    predicate = build_predicate(report, policy, assurance=assurance, reproduction=reproduction).model_dump(mode="json")
     statement = make_statement([s.to_statement() for s in subjects], predicate)
     return sign_envelope(statement, key)
 
@@ -166,8 +236,9 @@ def verify(
     # The model on disk first: when both fail, "this file differs" is the more useful message.
     subject_ok = None if model_path is None else check_subjects(subjects, Path(model_path))
     _check_file_subject(subjects, predicate.report.model)
-    return VerificationResult(signers=verified.signers, unverified=verified.unverified,
-                              subjects=subjects, subject_ok=subject_ok, predicate=predicate)
+    _check_sections(predicate)
+    return VerificationResult(signers=verified.signers, unverified=verified.unverified, subjects=subjects,
+                              subject_ok=subject_ok, predicate=predicate, predicate_type=verified.statement["predicateType"])
 
 
 # --------------------------------------------------------------------------- #
@@ -340,17 +411,31 @@ def unverified_statement(envelope: dict[str, Any]) -> dict[str, Any]:
     return statement
 
 
-def _predicate_of(statement: dict[str, Any]) -> AuditPredicate:
-    if statement.get("predicateType") != PREDICATE_TYPE:
+def _predicate_of(statement: dict[str, Any]) -> AuditPredicate | AuditPredicateV1:
+    """The predicate, read by the model of its predicateType (v2, or v1 for envelopes signed before v2)."""
+    model = _PREDICATE_MODELS.get(statement.get("predicateType"))  # type: ignore[arg-type]
+    if model is None:
         raise SignatureError(f"not a fimaudit report: predicateType is {statement.get('predicateType')!r}",
-                             f"fimaudit handles only {PREDICATE_TYPE} attestations")
+                             f"fimaudit handles only {PREDICATE_TYPE} and {PREDICATE_TYPE_V1} attestations")
+    raw = statement.get("predicate")
     try:
-        return AuditPredicate.model_validate(statement.get("predicate"))
+        predicate = model.model_validate(raw)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "predicate"
         raise SignatureError(f"the predicate is not a fimaudit audit report: {where}: {first['msg']}",
                              "it was written by another tool or another version of fimaudit") from exc
+    _require_every_section(model, raw)
+    return predicate
+
+
+def _require_every_section(model: type[AuditPredicateV1], raw: Any) -> None:
+    """A v2 predicate must state each section in its signed bytes: one left to be derived (or to a
+    default) would be shown to a reader although nobody signed it."""
+    missing = sorted(set(model.model_fields) - set(raw)) if isinstance(raw, dict) else []
+    if missing:
+        raise SignatureError(f"the predicate is not a fimaudit audit report: it lacks {', '.join(missing)}",
+                             "every v2 predicate states all its sections; it was not made by fimaudit attest")
 
 
 # --------------------------------------------------------------------------- #
@@ -382,6 +467,18 @@ def summary_problems(report: AuditReport) -> list[str]:
     return problems
 
 
+def section_problems(predicate: AuditPredicate) -> list[str]:
+    """How a v2 predicate's readable sections disagree with its report or drop a non-claim (empty: they agree)."""
+    report = predicate.report
+    derived = {"threat_model": sections.threat_model(report), "method": sections.method(report), "sample": sections.sample_info(report)}
+    problems = [f"{name} does not match what the report records" for name, value in derived.items()
+                if getattr(predicate, name) != value]
+    problems += [f"the non-claim {claim!r} is missing or reworded" for claim in sections.missing_non_claims(predicate.non_claims)]
+    if predicate.harness is None:
+        problems.append("no harness is recorded")
+    return problems
+
+
 def content_problems(report: AuditReport, policy: PolicyResult | None) -> list[str]:
     """Every way a report (and its recorded verdict) contradicts itself; render shows these, verify refuses."""
     return summary_problems(report) + policy_problems(report, policy)
@@ -404,7 +501,16 @@ def _same(a: float | None, b: float | None) -> bool:
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-300)
 
 
-def _check_content(predicate: AuditPredicate) -> None:
+def _check_sections(predicate: AuditPredicate | AuditPredicateV1) -> None:
+    if not isinstance(predicate, AuditPredicate):
+        return  # v1 had no sections beyond the report and verdict, checked already
+    problems = section_problems(predicate)
+    if problems:
+        raise SignatureError(f"the signed predicate contradicts its own report: {'; '.join(problems)}",
+                             "the predicate was not made by fimaudit attest, or was altered before signing; do not rely on it")
+
+
+def _check_content(predicate: AuditPredicateV1) -> None:
     report, policy = predicate.report, predicate.policy
     problems = summary_problems(report)
     if problems:

@@ -30,7 +30,11 @@ from fimaudit.signing.keys import keyid
 
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "https://fimaudit.dev/audit-report/v1"
+# v2 adds the sections a compliance reviewer reads (fimaudit.signing.predicate); v1 envelopes,
+# {report, policy} only, are still verified, so reports signed before v2 keep their value.
+PREDICATE_TYPE = "https://fimaudit.dev/audit-report/v2"
+PREDICATE_TYPE_V1 = "https://fimaudit.dev/audit-report/v1"
+PREDICATE_TYPES = (PREDICATE_TYPE, PREDICATE_TYPE_V1)
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _STATEMENT_FIELDS = ("_type", "subject", "predicateType", "predicate")
@@ -218,8 +222,8 @@ def _copy_subject(subject: Any) -> Any:
     return subject
 
 
-def _validate_statement(statement: Any, expected_predicate: str | None) -> None:
-    """Check a Statement v1; `expected_predicate=None` accepts any predicateType."""
+def _validate_statement(statement: Any, expected_predicate: str | tuple[str, ...] | None) -> None:
+    """Check a Statement v1; `expected_predicate` is the accepted predicateType (or types); None accepts any."""
     if not isinstance(statement, dict):
         raise _bad_statement("it is not a JSON object")
     missing = [name for name in _STATEMENT_FIELDS if name not in statement]
@@ -231,13 +235,14 @@ def _validate_statement(statement: Any, expected_predicate: str | None) -> None:
     _validate_predicate(statement, expected_predicate)
 
 
-def _validate_predicate(statement: dict[str, Any], expected: str | None) -> None:
+def _validate_predicate(statement: dict[str, Any], expected: str | tuple[str, ...] | None) -> None:
     predicate_type = statement["predicateType"]
     if not isinstance(predicate_type, str) or not predicate_type:
         raise _bad_statement("predicateType must be a non-empty string")
-    if expected is not None and predicate_type != expected:
+    accepted = (expected,) if isinstance(expected, str) else expected
+    if accepted is not None and predicate_type not in accepted:
         raise SignatureError(
-            f"wrong predicateType {predicate_type!r} (expected {expected!r})",
+            f"wrong predicateType {predicate_type!r} (expected {' or '.join(repr(t) for t in accepted)})",
             fix="this envelope holds some other kind of attestation, not a fimaudit report",
         )
     if not isinstance(statement["predicate"], dict):
@@ -378,9 +383,12 @@ def _sign(payload: bytes, key: Ed25519PrivateKey) -> dict[str, str]:
 def verify_envelope(
     envelope: dict[str, Any],
     keys: list[Ed25519PublicKey],
-    predicate_type: str = PREDICATE_TYPE,
+    predicate_type: str | tuple[str, ...] = PREDICATE_TYPES,
 ) -> VerifiedEnvelope:
     """Verify that EVERY key in `keys` signed `envelope`; return its statement.
+
+    `predicate_type` is the predicateType accepted, or a tuple of them: by default fimaudit's v2
+    and v1, so envelopes signed before v2 still verify.
 
     Order: shape -> payloadType -> signatures -> payload parse, so the payload
     is parsed only once it is known to be authentic.

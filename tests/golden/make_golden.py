@@ -24,7 +24,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fimaudit.signing import make_statement, sign_envelope
+from fimaudit.signing import PREDICATE_TYPE_V1, make_statement, sign_envelope
 
 GOLDEN_DIR = Path(__file__).resolve().parent
 SEED_LABEL = b"fimaudit golden test signer v1"
@@ -52,6 +52,8 @@ def golden_statement() -> dict[str, Any]:
             "metrics": {"accuracy": 0.875, "ece": 0.1, "n": 1000},
             "note": "café ✓",
         },
+        # Pinned: this file was signed as v1, and make_statement's default moved on to v2.
+        predicate_type=PREDICATE_TYPE_V1,
     )
 
 

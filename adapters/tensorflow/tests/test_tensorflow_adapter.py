@@ -132,6 +132,13 @@ def test_handles_only_saved_model_directories(saved: dict[str, Path], tmp_path: 
     assert not adapter.handles(f"http://localhost/{saved['logits']}")
 
 
+def test_identity_is_the_sdks_directory_digest() -> None:
+    # Not a copy: a signed report's subjects (fimaudit.signing) list the files the same walk finds.
+    from fimaudit.adapter import directory_digest
+
+    assert fimaudit_tensorflow.directory_digest is directory_digest
+
+
 def test_identity_changes_when_any_file_changes(saved: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "model"
     shutil.copytree(saved["logits"], copy)
@@ -161,7 +168,8 @@ def test_identity_matches_the_documented_shell_recipe(saved: dict[str, Path]) ->
 def test_cli_audits_a_saved_model_directory(saved: dict[str, Path], tmp_path: Path) -> None:
     data, out = tmp_path / "x.npy", tmp_path / "report.json"
     np.save(data, inputs(3, seed=4))
-    cmd = [sys.executable, "-m", "fimaudit.cli", "audit", str(saved["probs"]), "--data", str(data), "--out", str(out), "--directions", "16", "--estimator", "sketch", "-q"]
+    cmd = [sys.executable, "-m", "fimaudit.cli", "audit", str(saved["probs"]), "--data", str(data), "--out", str(out),
+           "--directions", "16", "--estimator", "sketch", "-q"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     report = json.loads(out.read_text())

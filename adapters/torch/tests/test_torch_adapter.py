@@ -28,6 +28,7 @@ from fimaudit.conformance import check_model  # noqa: E402
 
 # The tests script modules on purpose (TorchScript files are still audited); torch 2.13 deprecates it.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+ROOT = Path(__file__).resolve().parents[3]  # adapters/torch/tests/ -> the repository
 SHAPE = (3, 8, 8)  # d = 192: small enough for coordinate finite differences in the tests
 CLASSES = 5
 
@@ -380,7 +381,10 @@ def test_conv_factor_with_groups_dilation_and_stride() -> None:
     conv = nn.Conv2d(4, 6, 3, stride=2, dilation=2, padding=2, groups=2).double()
     bound = fimaudit_torch.relu_network_bound(nn.Sequential(conv), (4, 9, 9))
     # Stride 1 and circular on the 13×13 grid (9 + dilated kernel 5 − 1): the convolution it bounds.
-    circular = dense_norm(lambda v: torch.nn.functional.conv2d(torch.nn.functional.pad(v, (2, 2, 2, 2), mode="circular"), conv.weight, dilation=2, groups=2), (4, 13, 13))
+    def circular_conv(v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(v, (2, 2, 2, 2), mode="circular"), conv.weight, dilation=2, groups=2)
+
+    circular = dense_norm(circular_conv, (4, 13, 13))
     actual = dense_norm(lambda v: conv(v) - conv(torch.zeros_like(v)), (4, 9, 9))
     assert bound == pytest.approx(0.5 * circular**2, rel=1e-10)
     assert 0.5 * actual**2 <= bound
@@ -391,6 +395,46 @@ def test_no_sanity_bound_where_it_does_not_apply(files: dict[str, Path]) -> None
     assert fimaudit_torch.TorchModel(batchnorm, input_shape=(3, 4, 4)).sanity_bound is None
     assert load("torchscript", files).sanity_bound is None  # no Python module structure to read
     assert "lambda_max_bound" not in load("export", files).identity.extra
+
+
+# -- declared options and input dims the file leaves open ------------------------------------------
+
+def test_unknown_option_refused_by_torch_adapter(tmp_path: Path) -> None:
+    path = fimaudit_torch.save_torchscript(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), tmp_path / "m.pt", (4,))
+    with pytest.raises(fimaudit.UsageError, match=r"^the torch adapter does not take the option timeout\.") as info:
+        fimaudit.load_model(path, timeout=5)
+    assert "factory" in info.value.fix and "input_shape" in info.value.fix
+    assert fimaudit.load_model(path, device="cpu").num_classes == 3  # a declared option still passes
+
+
+def test_torchscript_shape_from_data_and_checked_against_a_recorded_one(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 5))
+    bare = tmp_path / "bare.pt"
+    torch.jit.save(torch.jit.script(net), str(bare))  # records no input shape
+    model = fimaudit.load_model(bare, data_shape=(3, 6, 6))
+    assert model.input_spec.shape == (3, 6, 6)
+    assert model.identity.extra["input_shape_from"] == "data" and model.identity.sha256 == sha256(bare)
+    with pytest.raises(fimaudit.ModelError, match=r"fails on probe inputs of shape \(7,\) \(taken from the audited data\)"):
+        fimaudit.load_model(bare, data_shape=(7,))  # a flattened row cannot feed a conv net
+    recorded = fimaudit_torch.save_torchscript(net, tmp_path / "recorded.pt", (3, 6, 6))
+    with pytest.raises(fimaudit.UsageError, match=r"input_shape \(3, 5, 5\) does not fit the TorchScript file"):
+        fimaudit.load_model(recorded, input_shape=(3, 5, 5))
+    assert fimaudit.load_model(recorded, data_shape=(108,)).input_spec.shape == (3, 6, 6)
+
+
+def test_torch_export_with_dynamic_height_and_width(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 5)).eval()
+    dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("h", min=2, max=64), 3: torch.export.Dim("w", min=2, max=64)}
+    path = tmp_path / "dyn.pt2"
+    torch.export.save(torch.export.export(net, (torch.rand(2, 3, 8, 8),), dynamic_shapes=(dims,)), path)
+    with pytest.raises(fimaudit.UsageError, match=r"leaves input dims open: \(3, \?, \?\)"):
+        fimaudit.load_model(path)
+    model = fimaudit.load_model(path, input_shape=(3, 9, 7))
+    assert model.input_spec.shape == (3, 9, 7) and model.identity.sha256 == sha256(path)
 
 
 # -- the command line -----------------------------------------------------------------------------
@@ -439,7 +483,7 @@ def test_white_box_mode_from_python_and_cli(files: dict[str, Path], tmp_path: Pa
 
 
 def test_white_box_refused_for_a_black_box_adapter(tmp_path: Path) -> None:
-    onnx_model = fimaudit.load_model(Path(__file__).resolve().parents[1] / "examples" / "digits.onnx")
+    onnx_model = fimaudit.load_model(ROOT / "examples" / "digits.onnx")
     with pytest.raises(fimaudit.UsageError, match="white-box mode needs a model with gradients"):
         fimaudit.audit(onnx_model, np.zeros((1, 1, 8, 8), np.float32), white_box=True)
 

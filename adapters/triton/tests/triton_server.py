@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]  # adapters/triton/tests/ -> the repository
 TEST_MODELS = ROOT / "adapters" / "triton" / "test_models"
 EXAMPLES = ROOT / "examples"
 SERVER_VENV_ENV = "FIMAUDIT_TRITON_SERVER_VENV"
