@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the server helper the tests use
+sys.path.insert(0, str(ROOT / "adapters" / "triton" / "tests"))  # the server helper the tests use
 
 import fimaudit  # noqa: E402
 from fimaudit_triton import load  # noqa: E402
