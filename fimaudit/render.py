@@ -23,7 +23,7 @@ from html import escape
 
 from fimaudit.signing import ASSURANCE_MEANINGS, NON_CLAIMS, AuditPredicate, NonClaim, content_problems, section_problems, summary_problems
 from fimaudit.signing.predicate import COMPLIANCE, harness_names, sample_info, threat_model
-from fimaudit.policy import FIGURES, PolicyCheck, PolicyResult, compare, figure_value
+from fimaudit.policy import PolicyCheck, PolicyResult, recheck
 from fimaudit.report import FLAG_MEANINGS, AuditConfig, AuditReport, SampleResult, Stats
 
 WIDTH, HEIGHT, MARGIN = 540, 320, 56
@@ -220,9 +220,7 @@ def _problem_list(problems: list[str]) -> str:
 
 def _recheck(check: PolicyCheck, report: AuditReport) -> bool | None:
     """The check's outcome on this report's own figures; None for a figure fimaudit does not know."""
-    if check.figure not in FIGURES:
-        return None
-    return compare(check.figure, figure_value(report.summary, check.figure), check.comparator, check.threshold)
+    return recheck(check, report.summary)
 
 
 def _outcome(result: bool | None) -> str:

@@ -229,3 +229,15 @@ def test_payload_is_not_touched_by_keyid_normalisation(report: AuditReport) -> N
     result = verify(envelope, key.public_key())
     assert result.predicate.report == AuditReport.model_validate(
         json.loads(base64.b64decode(envelope["payload"]))["predicate"]["report"])
+
+
+def test_verify_refuses_an_edited_population_bound(report: AuditReport) -> None:
+    # Policies judge the bounds by default, so a signed report whose bound was lowered after the
+    # audit must not verify, however valid its signature.
+    key = _key("auditor")
+    upper = dict(report.summary.lambda_max_upper)
+    assert upper["p50"] is not None, "the fixture needs enough inputs for a p50 bound"
+    upper["p50"] = upper["p50"] / 10
+    envelope = signed(AuditPredicate(report=with_summary(report, lambda_max_upper=upper), policy=None), key)
+    with pytest.raises(SignatureError, match="lambda_max_upper"):
+        verify(envelope, key.public_key())

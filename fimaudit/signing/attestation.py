@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fimaudit.adapter import directory_files, file_sha256, manifest_sha256
 from fimaudit.errors import DataError, FimauditError, SignatureError, UsageError
-from fimaudit.policy import Policy, PolicyResult, inconsistencies
+from fimaudit.policy import Policy, PolicyResult, bounds_problems, inconsistencies
 from fimaudit.registry import model_files
 from fimaudit.report import AuditReport, ModelInfo, Reproduction, Stats, summarize
 from fimaudit.signing.dsse import (
@@ -464,7 +464,7 @@ def summary_problems(report: AuditReport) -> list[str]:
         problems += _stats_problems(f"summary.{name}", getattr(recorded, name), getattr(actual, name))
     if _per_class(recorded.per_class) != _per_class(actual.per_class):
         problems.append("summary.per_class does not match the samples' predicted classes")
-    return problems
+    return problems + bounds_problems(report)
 
 
 def section_problems(predicate: AuditPredicate) -> list[str]:
