@@ -120,7 +120,10 @@ def main() -> None:
              "memory-mapped input file that were read, which the kernel reclaims under pressure.", "",
              "| samples | data on disk (GiB) | queries | seconds | peak anonymous memory (MiB) | peak RSS incl. mapped file (MiB) |",
              "|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['samples']} | {r['data_gib']:.2f} | {r['queries']} | {r['seconds']:.0f} | {r['peak_anon_mib']:.0f} | {r['peak_rss_mib']:.0f} |" for r in rows]
+    lines += [
+        f"| {r['samples']} | {r['data_gib']:.2f} | {r['queries']} | {r['seconds']:.0f} | {r['peak_anon_mib']:.0f} | {r['peak_rss_mib']:.0f} |"
+        for r in rows
+    ]
     out = ROOT / "docs" / "benchmarks" / "memory.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")

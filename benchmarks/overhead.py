@@ -275,7 +275,7 @@ def profile(replay: Replay, x: np.ndarray, directions: int, top: int = 8) -> lis
     stats = pstats.Stats(prof)
     entries = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)  # type: ignore[attr-defined]
     rows = []
-    for (file, line, func), (_, calls, tottime, cumtime, _) in entries[:top]:
+    for (file, line, func), (_, calls, tottime, _cumtime, _) in entries[:top]:
         where = "/".join(Path(file).parts[-2:]) if file != "~" else "builtin"
         rows.append({"function": f"{where}:{line}({func})", "calls": calls, "own_s": tottime, "share": tottime / total})
     return rows
@@ -284,7 +284,8 @@ def profile(replay: Replay, x: np.ndarray, directions: int, top: int = 8) -> lis
 # -- the report -------------------------------------------------------------------------------
 def table(rows: list[Row]) -> str:
     lines = [
-        "| model | framework | input | samples × k | rows (batches of ≤) | raw s | adapter s | no-model s | audit s | **audit/raw** | audit s, BLAS 1 thread (/raw) | audit rows/s | raw rows/s | raw µs/row |",
+        "| model | framework | input | samples × k | rows (batches of ≤) | raw s | adapter s | no-model s | audit s | **audit/raw** "
+        "| audit s, BLAS 1 thread (/raw) | audit rows/s | raw rows/s | raw µs/row |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -189,7 +189,9 @@ def placements() -> dict[str, tuple[set[int], set[int]] | None]:
     return options
 
 
-def run_placement(work: Path, models: dict[str, tuple[str, list[Path]]], x: np.ndarray, args: argparse.Namespace, cores: tuple[set[int], set[int]] | None) -> list[Row]:
+def run_placement(
+    work: Path, models: dict[str, tuple[str, list[Path]]], x: np.ndarray, args: argparse.Namespace, cores: tuple[set[int], set[int]] | None,
+) -> list[Row]:
     everything = os.sched_getaffinity(0)
     if cores is not None:
         os.sched_setaffinity(0, cores[0])  # the server inherits this set, then the client moves

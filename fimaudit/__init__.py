@@ -4,6 +4,7 @@ from __future__ import annotations
 from fimaudit._version import __version__
 from fimaudit.adapter import InputSpec, ModelIdentity, ProbabilityModel
 from fimaudit.comparison import Comparison, compare
+from fimaudit.distributed import RayOptions
 from fimaudit.errors import (
     AdapterNotFoundError,
     DataError,
@@ -52,6 +53,7 @@ __all__ = [
     "PolicyResult",
     "ProbabilityModel",
     "QueryError",
+    "RayOptions",
     "Reproduction",
     "ReproductionError",
     "ReproductionResult",

@@ -20,6 +20,7 @@ from fimaudit.differences import (
     DIRECTION_ERROR,
     ERROR_TARGET,
     LOCALITY,
+    NOISE_MARGIN,
     MAX_DISAGREEMENT,
     RESOLUTION_FACTOR,
     SCHEME_ORDER,
@@ -28,9 +29,12 @@ from fimaudit.differences import (
     DirectionCheck,
     FiniteDifferences,
     Scheme,
+    SchemeDecision,
+    SchemeOption,
     StepChoice,
     check_direction,
     choose_step,
+    decide_scheme,
     pilot_lambda,
     relative_gap,
     resolvable,
@@ -64,7 +68,7 @@ class EstimatorConfig:
 
     directions: int
     step: float
-    scheme: Scheme = "central"
+    scheme: SchemeOption = "central"
     estimator: EstimatorName = "auto"
     seed: int = 0
     bootstrap: int = 1000
@@ -77,7 +81,12 @@ class EstimatorConfig:
     step_floor: float = 0.0
 
     def queries_per_direction(self) -> int:
-        return len(SCHEME_POINTS[self.scheme])
+        """At most, per direction: auto's forward directions take 1 query, its central ones 2."""
+        return len(SCHEME_POINTS[self.pilot_scheme()])
+
+    def pilot_scheme(self) -> Scheme:
+        """The scheme of the step search: auto's pilot is central, whose one-sided quotients come free."""
+        return "central" if self.scheme == "auto" else self.scheme
 
     def resolve(self, d: int) -> Literal["sketch", "exact"]:
         """'auto' takes the exact coordinate mode when two of its passes (a step and its check at a
@@ -110,6 +119,7 @@ class SampleEstimate:
     step: StepChoice
     check: DirectionCheck | None  # the step checked along the top direction (with the witness)
     step_norm: float  # the perturbation's L2 norm, step * sqrt(d) (the directions' RMS length)
+    scheme: SchemeDecision | None = None  # the scheme the sketch used, and why
 
 
 def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generator[np.ndarray, np.ndarray, SampleEstimate]:
@@ -124,13 +134,17 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     probe.repeat(again)
     queries = 2
     method = cfg.resolve(d)
-    k = d if method == "exact" else cfg.directions
-    fd = FiniteDifferences(flat, shape, p0, cfg.step, cfg.scheme, probe, cfg.input_dtype)
+    fd = FiniteDifferences(flat, shape, p0, cfg.step, cfg.pilot_scheme(), probe, cfg.input_dtype)
     choice = yield from choose_step(
         fd, cfg.step, tau=cfg.tau, floor=cfg.step_floor, search=cfg.adaptive_step,
         rng=np.random.default_rng([cfg.seed, index, 2]), output_dtype=cfg.output_dtype,
     )
     queries += choice.queries
+    decision = decide_scheme(
+        cfg.scheme, choice, cfg.directions, forward_resolves=_forward_resolves(probe, choice), exact=method == "exact"
+    )
+    fd, choice = _with_scheme(fd, choice, decision)
+    k = d if method == "exact" else decision.directions
     # The witness aligns with the worst direction only to about k/d: below k = d/64 it says nothing.
     want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES and k * WITNESS_MIN_RATIO >= d
     kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
@@ -139,21 +153,25 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         # directions spread it: a network sharply curved along a few inputs is only seen here.
         # So this mode checks its own step, pass against pass (d <= k/2 keeps it within budget).
         y_all, choice, passes = yield from coordinate_passes(fd, choice, d, cfg)
-        queries += passes * d * cfg.queries_per_direction()
+        queries += passes * d * len(SCHEME_POINTS[fd.scheme])
         cross = y_all.T * np.sqrt(d) if want_witness else None  # Y^T Omega, Omega = sqrt(d) I
     else:
         y_all, cross = yield from _measure(fd.at(choice.step), blocks, d if want_witness else 0)
-        queries += k * cfg.queries_per_direction()
+        queries += k * len(SCHEME_POINTS[fd.scheme])
     stats = sketch_statistics(y_all, exact=method == "exact", cfg=cfg, index=index)
     check = None
     if cross is not None:
+        # Measured with the pilot's scheme: a forward sketch's bias is bounded by decide_scheme, and a
+        # one-row request can take another kernel than a batch in some runtimes (last-bit differences
+        # by batching), so the witness keeps central differences' two rows.
         check = yield from check_direction(
-            fd.at(choice.step), stats.top_vector @ cross, floor=cfg.step_floor, output_dtype=cfg.output_dtype
+            replace(fd, scheme=cfg.pilot_scheme()).at(choice.step), stats.top_vector @ cross,
+            floor=cfg.step_floor, output_dtype=cfg.output_dtype,
         )
         queries += check.queries if check is not None else 0
         choice = _after_check(choice, check)
     lower = check.lower if check is not None else None
-    level, flags = probe.resolution(choice.step, RESOLUTION_FACTOR[cfg.scheme])
+    level, flags = probe.resolution(choice.step, RESOLUTION_FACTOR[fd.scheme])
     step_norm = choice.step * float(np.sqrt(d))
     if stats.lambda_max <= level:
         # Nothing above the output resolution: report the level itself as an upper bound, which
@@ -185,7 +203,31 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         step=choice,
         check=check,
         step_norm=step_norm,
+        scheme=decision,
     )
+
+
+def _forward_resolves(probe: ResolutionProbe, choice: StepChoice) -> bool:
+    """Whether forward JVPs at the chosen step stand above output rounding (as differences.resolvable
+    asks of each smaller step): the pilot's trace there against forward's resolution level."""
+    lam = next((lam for h, lam, _ in choice.trials if h == choice.step), None)
+    if lam is None or choice.pilot_rank is None:
+        return False
+    level, _ = probe.resolution(choice.step, RESOLUTION_FACTOR["forward"])
+    return lam * choice.pilot_rank > NOISE_MARGIN * level
+
+
+def _with_scheme(
+    fd: FiniteDifferences, choice: StepChoice, decision: SchemeDecision
+) -> tuple[FiniteDifferences, StepChoice]:
+    """The differences the sketch uses; a forward sketch's step error includes its bias bound (half of
+    it in JVP terms: widen() moves lambda_max by (1 +- e)^2), so the interval covers the bias."""
+    if decision.scheme == fd.scheme:
+        return fd, choice
+    fd = replace(fd, scheme=decision.scheme)
+    if decision.bias is None:
+        return fd, choice
+    return fd, replace(choice, error=max(choice.error, decision.bias / 2))
 
 
 def _measure(
@@ -230,7 +272,7 @@ def coordinate_passes(
         passes += 1
         tried += ((smaller, pilot_lambda(cur), d),)
         gap = relative_gap(prev, cur)
-        error = gap / (STEP_RATIO ** SCHEME_ORDER[cfg.scheme] - 1)
+        error = gap / (STEP_RATIO ** SCHEME_ORDER[fd.scheme] - 1)
         agreed = gap <= MAX_DISAGREEMENT and error <= ERROR_TARGET
         if not choice.searched:  # a given step is kept, and only checked
             return best[2], replace(choice, error=error + gap, converged=agreed, trials=choice.trials + tried), passes

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
@@ -11,9 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fimaudit.bounds import METHOD as BOUND_METHOD
 from fimaudit.bounds import QUANTILES, epsilon_lower, inputs_needed, quantile_bounds
+from fimaudit.adapter import ProbabilityModel
 from fimaudit.errors import DataError
+from fimaudit.estimators import SampleEstimate
 
-SCHEMA_VERSION = "1.3"
+SCHEMA_VERSION = "1.4"
 
 
 # One line on each diagnostic flag a sample (or the model) can carry: printed after an audit, listed
@@ -56,6 +59,16 @@ class ModelInfo(_Model):
         description="What the model outputs; logits are softmaxed in float64 by fimaudit."
     )
     extra: dict[str, str] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, model: ProbabilityModel) -> ModelInfo:
+        """What the report says about `model`: its identity and what it takes and returns."""
+        ident = model.identity
+        return cls(
+            reference=ident.reference, adapter=ident.adapter, sha256=ident.sha256,
+            input_shape=list(model.input_spec.shape), input_dtype=model.input_spec.dtype,
+            classes=model.num_classes, provider=ident.provider, output_kind=model.output_kind, extra=dict(ident.extra),
+        )
 
 
 class SkippedInput(_Model):
@@ -143,7 +156,9 @@ class AuditConfig(_Model):
     )
     step_rule: str | None = Field(default=None, description="How each sample's step was chosen.")
     step_relative: float | None = Field(description="h divided by the data's standard deviation, when h was derived from it.")
-    scheme: Literal["central", "forward", "richardson"]
+    scheme: Literal["auto", "central", "forward", "richardson"] = Field(
+        description="Finite differences asked for; auto: each sample chooses forward or central (SampleResult.scheme)."
+    )
     seed: int
     tau: float = Field(description="KL budget (nats) defining epsilon_tau = sqrt(2 tau / lambda_max).")
     bootstrap: int
@@ -157,6 +172,20 @@ class StepTrial(_Model):
     step: float
     lambda_pilot: float = Field(description="lambda_max over the directions measured at this step (rough for a pilot of 3).")
     directions: int = Field(default=1, description="Directions measured at this step: the pilot's, or all d coordinates.")
+
+
+class SchemeEvidence(_Model):
+    """Why a sample's sketch used the scheme it did (--scheme auto; docs/math.md, "Forward or central")."""
+
+    one_sided: float | None = Field(
+        description="||D+ - D-|| / ||D+ + D-|| of the pilot's one-sided quotients at the step used: forward's relative JVP bias."
+    )
+    pilot_rank: float | None = Field(description="The pilot's stable rank (tr / lambda_max of its JVPs, at least 1) at that step.")
+    forward_bias: float | None = Field(
+        description="Bound on forward differences' relative upward bias of lambda_max here: one_sided^2 * pilot_rank."
+    )
+    limit: float | None = Field(description="The largest forward_bias auto accepts: 0.25 / sqrt(directions budget).")
+    reason: str = Field(description="The decision in words.")
 
 
 class SampleResult(_Model):
@@ -209,6 +238,13 @@ class SampleResult(_Model):
         "direction at a quarter of the step, checking the step along the direction that decides lambda_max.",
     )
 
+    scheme: Literal["central", "forward", "richardson"] | None = Field(
+        default=None, description="Finite differences this sample's sketch used (with --scheme auto: its own choice)."
+    )
+    scheme_evidence: SchemeEvidence | None = Field(
+        default=None, description="With --scheme auto: the pilot's evidence for the choice; null for a given scheme."
+    )
+
     lambda_max_white_box: float | None = Field(
         default=None, description="lambda_max from the model's own derivatives (white-box mode), to check the estimate."
     )
@@ -216,6 +252,36 @@ class SampleResult(_Model):
     white_box_method: str | None = Field(
         default=None, description="How the white-box figures were computed: jacobian or lanczos (-float32 if not float64)."
     )
+
+    @classmethod
+    def from_estimate(
+        cls, index: int, est: SampleEstimate, tau: float, model_flags: list[str], input_norm: float,
+    ) -> SampleResult:
+        """The report's row for one estimated sample; `model_flags` hold for the whole model."""
+        eps = math.sqrt(2 * tau / est.lambda_max) if est.lambda_max > 0 else None
+        # A radius beyond the input's own size is no robustness guarantee worth quoting: say so.
+        size_flags = ["radius_exceeds_input"] if eps is not None and eps > input_norm else []
+        return cls(
+            index=index, predicted_class=est.predicted_class, confidence=est.confidence,
+            lambda_max=est.lambda_max, lambda_max_ci=est.lambda_max_ci, lambda_max_raw=est.lambda_max_raw,
+            lambda_lower=est.lambda_lower, lambda_lower_loose=est.lambda_lower_loose,
+            trace=est.trace, stable_rank=est.stable_rank, epsilon_tau=eps, queries=est.queries,
+            method=est.method, directions=est.directions, directions_kind=est.directions_kind,
+            lambda_max_resolution=est.resolution, flags=list(est.flags) + model_flags + size_flags,
+            step=est.step.step, step_norm=est.step_norm,
+            step_error=est.step.error if math.isfinite(est.step.error) else None,
+            step_kink=est.step.kink,
+            step_trials=[StepTrial(step=h, lambda_pilot=lam, directions=n) for h, lam, n in est.step.trials],
+            step_check=[StepTrial(step=h, lambda_pilot=lam, directions=1) for h, lam in (est.check.trials if est.check else ())],
+            scheme=est.scheme.scheme if est.scheme else None, scheme_evidence=_scheme_evidence(est),
+        )
+
+
+def _scheme_evidence(est: SampleEstimate) -> SchemeEvidence | None:
+    s = est.scheme
+    if s is None or s.reason == "given":
+        return None
+    return SchemeEvidence(one_sided=s.one_sided, pilot_rank=s.pilot_rank, forward_bias=s.bias, limit=s.limit, reason=s.reason)
 
 
 class Stats(_Model):

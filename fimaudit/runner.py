@@ -14,6 +14,7 @@ import numpy as np
 from fimaudit._version import __version__
 from fimaudit.adapter import ExactFisher, ProbabilityModel, WhiteBoxModel
 from fimaudit.data import SAMPLE_RULE, DataStats, check_inputs, digest, draw_sample, indices_sha256, input_scale, rows_digest
+from fimaudit.distributed import RayOptions, run_on_ray
 from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
@@ -27,7 +28,6 @@ from fimaudit.report import (
     ModelInfo,
     SampleResult,
     Selection,
-    StepTrial,
     ToolInfo,
     summarize,
 )
@@ -69,6 +69,8 @@ def audit(
     restart: bool = False,
     white_box: bool = False,
     journal_lock: JournalLock | None = None,
+    ray: str | RayOptions | None = None,
+    workers: int = 2,
 ) -> AuditReport:
     """Audit `model` at each input of `x` (shape (n, *input_shape)) and return the report.
 
@@ -78,6 +80,8 @@ def audit(
     the same audit continues where it stopped (`restart=True` discards it), after re-computing a
     random few of the journaled samples to check the journal was not altered (docs/security.md).
     `journal_lock` is the journal's lock when the caller already holds it.
+    `ray` ("auto" for a local instance, a cluster's address, or RayOptions) shards the samples over
+    `workers` Ray actors (fimaudit.distributed); the report is the one a local run gives.
     `limit=N` audits the first N inputs, `sample=N` N inputs drawn at random, committed by `seed` and
     the data's digest (data.draw_sample); either way a sample's numbers are those a full audit gives
     at its index, and the report's data.selection says which rows were audited.
@@ -92,13 +96,14 @@ def audit(
         bootstrap=bootstrap, confidence=confidence, witness=witness, tau=tau,
     )
     rows, selection, audited_digest = choose_rows(arr, stats, limit=limit, sample=sample, seed=seed)
-    binding = {"tool": __version__, "model": model_info(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
+    binding = {"tool": __version__, "model": ModelInfo.of(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
     book = Journal(journal, binding, restart=restart, lock=journal_lock) if journal is not None else None
     try:
         # Journal indices are checked against all the data: a --limit may have grown, a --sample changed.
         wanted = rows if isinstance(rows, range) else set(rows)  # membership in O(1) either way
         resumed = {i: s for i, s in book.finished(len(arr)).items() if i in wanted} if book is not None else {}
-        samples, sent, wall, rechecked = _run(model, arr, rows, cfg, tau, concurrency, progress, book, resumed)
+        shards = _ray_options(ray, workers)
+        samples, sent, wall, rechecked = _run(model, arr, rows, cfg, tau, concurrency, progress, book, resumed, shards)
     finally:
         if book is not None:
             book.close()
@@ -107,7 +112,7 @@ def audit(
     queries = sum(s.queries for s in samples)
     return AuditReport(
         tool=ToolInfo(version=__version__),
-        model=model_info(model),
+        model=ModelInfo.of(model),
         data=DataInfo(
             sha256=audited_digest, shape=[len(rows), *arr.shape[1:]], dtype=str(arr.dtype), source=data_source,
             selection=selection, population=describe_population(selection, len(arr), data_source),
@@ -195,30 +200,45 @@ def _journal_info(book: Journal | None, resumed: dict[int, SampleResult], rechec
 
 def _run(
     model: ProbabilityModel, arr: np.ndarray, rows: Sequence[int], cfg: EstimatorConfig, tau: float, concurrency: int,
-    progress: Progress | None, book: Journal | None, resumed: dict[int, SampleResult],
+    progress: Progress | None, book: Journal | None, resumed: dict[int, SampleResult], shards: RayOptions | None = None,
 ) -> tuple[list[SampleResult], int, float, int]:
     engine = QueryEngine(model, concurrency=concurrency)
     results = dict(resumed)
     active = _max_active(engine, arr, cfg, model.num_classes)
     model_flags = model_wide_flags(model)
+    remote = [0]  # queries spent by Ray workers
 
-    def done(index: int, est: SampleEstimate) -> None:
-        result = _sample_result(index, est, tau, model_flags, _norm(arr[index]))
+    def accept(result: SampleResult) -> None:
+        if result.index in results:
+            return  # a resent Ray shard can finish twice: each sample is recorded once
         if book is not None:
             book.commit(result)  # durable before it counts
-        results[index] = result
+        results[result.index] = result
+        remote[0] += result.queries if shards is not None else 0
         if progress is not None:
-            progress(len(results), len(rows), engine.queries)
+            progress(len(results), len(rows), engine.queries + remote[0])
+
+    def done(index: int, est: SampleEstimate) -> None:
+        accept(_sample_result(index, est, tau, model_flags, _norm(arr[index])))
 
     start = time.perf_counter()
     tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in rows if i not in results)
     try:
         # The journal is checked before this run spends a query on samples of its own.
         rechecked = _recheck(engine, arr, cfg, tau, resumed, active, book)
-        engine.run(tasks, done, max_active=active)
+        if shards is None:
+            engine.run(tasks, done, max_active=active)
+        else:
+            run_on_ray(model, arr, [i for i in rows if i not in results], cfg, tau, shards, accept)
     finally:
         engine.close()
-    return [results[i] for i in sorted(results)], engine.queries, time.perf_counter() - start, rechecked
+    return [results[i] for i in sorted(results)], engine.queries + remote[0], time.perf_counter() - start, rechecked
+
+
+def _ray_options(ray: str | RayOptions | None, workers: int) -> RayOptions | None:
+    if ray is None or isinstance(ray, RayOptions):
+        return ray
+    return RayOptions(address=ray, workers=workers)
 
 
 # Share of the journaled samples re-computed on resume (at least RECHECK_MIN of them).
@@ -329,34 +349,7 @@ def _norm(x: np.ndarray) -> float:
 
 
 def _sample_result(index: int, est: SampleEstimate, tau: float, model_flags: list[str], input_norm: float) -> SampleResult:
-    eps = math.sqrt(2 * tau / est.lambda_max) if est.lambda_max > 0 else None
-    # A radius beyond the input's own size is no robustness guarantee worth quoting: say so.
-    size_flags = ["radius_exceeds_input"] if eps is not None and eps > input_norm else []
-    return SampleResult(
-        index=index,
-        predicted_class=est.predicted_class,
-        confidence=est.confidence,
-        lambda_max=est.lambda_max,
-        lambda_max_ci=est.lambda_max_ci,
-        lambda_max_raw=est.lambda_max_raw,
-        lambda_lower=est.lambda_lower,
-        lambda_lower_loose=est.lambda_lower_loose,
-        trace=est.trace,
-        stable_rank=est.stable_rank,
-        epsilon_tau=eps,
-        queries=est.queries,
-        method=est.method,
-        directions=est.directions,
-        directions_kind=est.directions_kind,
-        lambda_max_resolution=est.resolution,
-        flags=list(est.flags) + model_flags + size_flags,
-        step=est.step.step,
-        step_norm=est.step_norm,
-        step_error=est.step.error if math.isfinite(est.step.error) else None,
-        step_kink=est.step.kink,
-        step_trials=[StepTrial(step=h, lambda_pilot=lam, directions=n) for h, lam, n in est.step.trials],
-        step_check=[StepTrial(step=h, lambda_pilot=lam, directions=1) for h, lam in (est.check.trials if est.check else ())],
-    )
+    return SampleResult.from_estimate(index, est, tau, model_flags, input_norm)
 
 
 def _white_box_function(model: ProbabilityModel) -> Callable[[np.ndarray], Sequence[ExactFisher]]:
@@ -375,21 +368,6 @@ def _with_white_box(samples: list[SampleResult], exact: Sequence[ExactFisher]) -
         s.model_copy(update={"lambda_max_white_box": float(e.lambda_max), "trace_white_box": float(e.trace), "white_box_method": str(e.method)})
         for s, e in zip(samples, exact)
     ]
-
-
-def model_info(model: ProbabilityModel) -> ModelInfo:
-    ident = model.identity
-    return ModelInfo(
-        reference=ident.reference,
-        adapter=ident.adapter,
-        sha256=ident.sha256,
-        input_shape=list(model.input_spec.shape),
-        input_dtype=model.input_spec.dtype,
-        classes=model.num_classes,
-        provider=ident.provider,
-        output_kind=model.output_kind,
-        extra=dict(ident.extra),
-    )
 
 
 def _input_resolution(model: ProbabilityModel, peak: float) -> float:
@@ -413,7 +391,7 @@ def _check_options(
         (not isinstance(concurrency, int) or concurrency < 1, f"concurrency must be an integer >= 1 (got {concurrency!r})"),
         (not isinstance(seed, int) or seed < 0, f"seed must be a non-negative integer (got {seed!r})"),
         (not isinstance(directions, int) or directions < 2, f"directions must be an integer >= 2 (got {directions!r})"),
-        (scheme not in ("central", "forward", "richardson"), f"scheme must be central, forward or richardson (got {scheme!r})"),
+        (scheme not in ("auto", "central", "forward", "richardson"), f"scheme must be auto, central, forward or richardson (got {scheme!r})"),
         (estimator not in ("auto", "sketch", "exact"), f"estimator must be auto, sketch or exact (got {estimator!r})"),
         (not (tau > 0 and math.isfinite(tau)), f"tau must be a positive number (got {tau!r})"),
         (bootstrap < 100, f"bootstrap must be >= 100 resamples (got {bootstrap!r})"),

@@ -67,7 +67,7 @@ def test_sketch_error_and_interval_coverage(mlp64: KnownModel) -> None:
     assert sum(covered) >= 0.8 * len(covered)
     assert np.median(rel([s.trace for s in report.samples], tr)) < 0.2
     for s in report.samples:
-        assert s.method == "sketch" and s.directions == 128
+        assert s.method == "sketch" and s.directions == (256 if s.scheme == "forward" else 128)  # auto: 2k forward
         assert s.lambda_max_ci[0] <= s.lambda_max <= s.lambda_max_ci[1]
         assert s.stable_rank == pytest.approx(s.trace / s.lambda_max)
 
@@ -142,7 +142,9 @@ def test_logit_outputs_softmaxed(mlp64_logits: KnownModel) -> None:
 
 def test_query_accounting(mlp64: KnownModel) -> None:
     report = fimaudit.audit(mlp64.model(max_batch_size=7), mlp64.x, directions=20)
+    # Whichever scheme auto took, the sketch costs the budget: 20 central directions or 40 forward ones.
     assert all(s.queries == 2 + step_queries(s) + 2 * 20 for s in report.samples)
+    assert all(s.directions * (1 if s.scheme == "forward" else 2) == 2 * 20 for s in report.samples)
     assert report.summary.queries == sum(s.queries for s in report.samples)
     assert report.summary.n == len(mlp64.x)
 

@@ -25,6 +25,7 @@ from fimaudit.adapter import one_line
 from fimaudit.cli.signing import ASSURANCE_HELP, declared_assurance, signing_key
 from fimaudit.cli.summary import describe_check, print_policy, print_summary
 from fimaudit.data import InputSet, fit_to_spec, load_input_set
+from fimaudit.distributed import RayOptions
 from fimaudit.errors import FimauditError, ModelError, UsageError
 from fimaudit.fileio import atomic_write, refuse_special
 from fimaudit.journal import JournalLock, remove_journal
@@ -65,7 +66,11 @@ def audit(
         "you can quote); more: tighter estimate, more queries.",
     ),
     seed: int = typer.Option(0, "--seed", metavar="SEED", help="Seed: the same seed gives the same report."),
-    scheme: str = typer.Option("central", "--scheme", metavar="SCHEME", help="Finite differences: central (2 queries/direction), forward (1), richardson (4)."),
+    scheme: str = typer.Option(
+        "central", "--scheme", metavar="SCHEME",
+        help="Finite differences: central (2 queries/direction), forward (1), richardson (4), or auto (experimental: the "
+        "same 2K queries as central, spent per input on 2K forward directions where a pilot finds forward unbiased).",
+    ),
     step: Optional[float] = typer.Option(
         None, "--step", metavar="H",
         help="Fix the finite-difference step (input units, RMS per coordinate); default: chosen per input by a "
@@ -85,6 +90,12 @@ def audit(
     input_name: Optional[str] = typer.Option(None, "--input", metavar="NAME", help="Name of the model input to perturb, for models with several."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", metavar="N", min=1, help="Maximum inputs per model call (default: the model's)."),
     concurrency: int = typer.Option(1, "--concurrency", metavar="N", min=1, help="Batches in flight at once (useful for remote endpoints)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray", metavar="ADDRESS",
+        help="Shard the samples over Ray workers: a cluster's address, or 'auto' for a local instance (pip install 'fimaudit[ray]').",
+    ),
+    workers: int = typer.Option(2, "--workers", metavar="N", min=1, help="With --ray: Ray workers, each loading the model once."),
+    gpus_per_worker: float = typer.Option(0.0, "--gpus-per-worker", metavar="G", min=0.0, help="With --ray: GPUs each worker reserves."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or summary table."),
     sign_key: Optional[Path] = typer.Option(None, "--sign", metavar="KEY", help="Private key: write a signed DSSE envelope instead of the bare report."),
     policy_path: Optional[Path] = typer.Option(None, "--policy", metavar="TOML", help="Policy TOML: record a pass/fail verdict; exit 1 when it fails."),
@@ -149,6 +160,7 @@ def audit(
                         loaded, inputs.x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
                         tau=tau, limit=limit, sample=sample, concurrency=concurrency, data_source=path_text(data), progress=progress,
                         journal=book, restart=restart, white_box=white_box, journal_lock=lock,
+                        ray=ray_options(ray_address, workers, gpus_per_worker, model, options),
                     )
             finally:
                 loaded.close()
@@ -159,6 +171,16 @@ def audit(
         print_audit_result(report, verdict, target, signed=key is not None, quiet=quiet)
     if verdict is not None and not verdict.passed:
         raise typer.Exit(1)
+
+
+def ray_options(address: str | None, workers: int, gpus: float, model: str, options: dict[str, Any]) -> RayOptions | None:
+    """How to shard over Ray, if at all: workers load the model by the same reference and options."""
+    if address is None:
+        return None
+    local = Path(model)
+    # A worker's working directory is not the driver's: a relative file path must not be read from it.
+    reference = str(local.resolve()) if local.exists() else model
+    return RayOptions(address=address, workers=workers, gpus_per_worker=gpus, model_source=(reference, dict(options)))
 
 
 def check_output_paths(target: Path, book: Path) -> None:

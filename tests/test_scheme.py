@@ -1,0 +1,101 @@
+"""--scheme auto: forward differences where the pilot finds them unbiased, central ones elsewhere."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+import fimaudit
+from fimaudit.differences import FORWARD_BIAS_SHARE, StepChoice, decide_scheme
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def smooth_model(d: int = 48, hidden: int = 16, classes: int = 6) -> tuple[Predict, Callable[[np.ndarray], float]]:
+    """A float64 tanh network and its exact lambda_max (analytic Jacobian)."""
+    rng = np.random.default_rng(1)
+    w1, w2 = rng.standard_normal((hidden, d)) / np.sqrt(d), rng.standard_normal((classes, hidden))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return softmax(np.tanh(x @ w1.T) @ w2.T)
+
+    def exact(x: np.ndarray) -> float:
+        jac = w2 @ ((1 - np.tanh(w1 @ x) ** 2)[:, None] * w1)
+        p = predict(x[None])[0]
+        return float(np.linalg.eigvalsh(jac.T @ (np.diag(p) - np.outer(p, p)) @ jac)[-1])
+
+    return predict, exact
+
+
+def test_auto_takes_forward_on_a_smooth_model_with_twice_the_directions() -> None:
+    predict, exact = smooth_model()
+    x = np.random.default_rng(2).standard_normal((6, 48))
+    model = fimaudit.CallableModel(predict, fimaudit.InputSpec(shape=(48,)), num_classes=6)
+    auto = fimaudit.audit(model, x, directions=128, seed=0, estimator="sketch", scheme="auto")
+    central = fimaudit.audit(model, x, directions=128, seed=0, estimator="sketch", scheme="central")
+    assert auto.config.scheme == "auto"
+    for a, c, row in zip(auto.samples, central.samples, x):
+        assert a.scheme == "forward" and a.directions == 256
+        ev = a.scheme_evidence
+        assert ev is not None and ev.forward_bias is not None and ev.limit == pytest.approx(FORWARD_BIAS_SHARE / np.sqrt(128))
+        assert ev.forward_bias <= ev.limit and ev.forward_bias == pytest.approx(ev.one_sided**2 * ev.pilot_rank)
+        assert a.queries <= c.queries  # the same budget: 2k forward queries for k central directions
+        assert a.lambda_max_ci[0] <= exact(row) <= a.lambda_max_ci[1]
+        assert c.scheme == "central" and c.scheme_evidence is None  # a given scheme records no evidence
+
+
+def test_auto_keeps_central_differences_at_max_pool_ties() -> None:
+    """At a tie forward differences read lambda_max high; the kink test sends those inputs to central."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((5, 16))
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return softmax(np.maximum(x[:, 0::2], x[:, 1::2]) @ w.T)
+
+    model = fimaudit.CallableModel(predict, fimaudit.InputSpec(shape=(32,)), num_classes=5)
+    tied = np.repeat(rng.uniform(0, 1, size=(3, 16)), 2, axis=1)
+    untied = tied + rng.uniform(0.05, 0.1, size=tied.shape) * np.tile([1.0, 0.0], 16)
+    for x, scheme in ((tied, "central"), (untied, "forward")):
+        report = fimaudit.audit(model, x, directions=128, seed=0, estimator="sketch", scheme="auto")
+        for s in report.samples:
+            assert s.scheme == scheme, s.scheme_evidence
+            assert s.scheme_evidence is not None and s.scheme_evidence.reason
+            assert s.directions == (256 if scheme == "forward" else 128)
+
+
+def _choice(one_sided: float | None, rank: float | None = 1.0, kink: float | None = None) -> StepChoice:
+    return StepChoice(1e-3, True, 0.0, ((1e-3, 1.0, 3),), 6, True, kink, one_sided, rank)
+
+
+@pytest.mark.parametrize(
+    ("choice", "resolves", "exact", "scheme"),
+    [
+        (_choice(0.01), True, False, "forward"),
+        (_choice(0.01, rank=1e4), True, False, "central"),  # a^2 * rank over the limit
+        (_choice(0.01, kink=0.3), True, False, "central"),
+        (_choice(None), True, False, "central"),
+        (_choice(0.01), False, False, "central"),  # forward would drown in output rounding
+        (_choice(0.01), True, True, "central"),
+    ],
+)
+def test_decide_scheme_rules(choice: StepChoice, resolves: bool, exact: bool, scheme: str) -> None:
+    decision = decide_scheme("auto", choice, 256, forward_resolves=resolves, exact=exact)
+    assert decision.scheme == scheme and decision.directions == (512 if scheme == "forward" else 256)
+
+
+def test_given_scheme_passes_through() -> None:
+    for scheme in ("central", "forward", "richardson"):
+        decision = decide_scheme(scheme, _choice(0.5, kink=0.5), 64, forward_resolves=False, exact=False)  # type: ignore[arg-type]
+        assert decision.scheme == scheme and decision.directions == 64 and decision.reason == "given"
+
+
+def test_unknown_scheme_is_refused() -> None:
+    model = fimaudit.CallableModel(lambda x: softmax(x[:, :3]), fimaudit.InputSpec(shape=(4,)), num_classes=3)
+    with pytest.raises(fimaudit.errors.UsageError, match="auto, central, forward or richardson"):
+        fimaudit.audit(model, np.zeros((1, 4)), scheme="backward")
