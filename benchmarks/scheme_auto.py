@@ -241,8 +241,8 @@ def part_float32_fd(quick: bool) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- page
 def render(data: dict[str, Any]) -> str:
     lines = ["# --scheme auto: queries and arithmetic (issue 16)", "",
-             f"`benchmarks/scheme_auto.py`; {data['machine']}. 'central' is the default before this issue, "
-             "'auto' after it; both in this one run.", ""]
+             f"`benchmarks/scheme_auto.py`; {data['machine']}. 'central' is the default; 'auto' is opt-in "
+             "(`--scheme auto`) until its arithmetic and third-party-network figures are in; both in this one run.", ""]
     if data.get("notes"):  # the reading, written after the run (kept in the JSON so a rerun keeps it)
         lines += ["## Reading", ""] + [f"- {n}" for n in data["notes"]] + [""]
     measured = data.get("queries", []) + data.get("queries_ocr", [])
