@@ -7,6 +7,10 @@ an nn.Sequential (nested ones are flattened) of the layers below; anything else 
 Every factor is an upper bound computed in closed form, never an iterative estimate (which would
 approach the norm from below): Linear layers by their exact spectral norm, convolutions by the
 largest singular value of their kernel's Fourier transform (see _conv_norm_bound).
+
+For any network torch.fx can trace (residual blocks, batch norm, depthwise convolutions,
+concatenation, attention, GELU/SiLU/ReLU6...), and for a tighter last step, use
+fimaudit_torch.graph_bound.graph_bound / local_bound (docs/math.md, "Bounds from the graph").
 """
 from __future__ import annotations
 
