@@ -219,7 +219,7 @@ def _run(
             progress(len(results), len(rows), engine.queries + remote[0])
 
     def done(index: int, est: SampleEstimate) -> None:
-        accept(_sample_result(index, est, tau, model_flags, _norm(arr[index])))
+        accept(SampleResult.from_estimate(index, est, tau, model_flags, _norm(arr[index])))
 
     start = time.perf_counter()
     tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in rows if i not in results)
@@ -295,7 +295,7 @@ def _compute(
     model_flags = model_wide_flags(engine.model)
 
     def done(index: int, est: SampleEstimate) -> None:
-        out[index] = _sample_result(index, est, tau, model_flags, _norm(arr[index]))
+        out[index] = SampleResult.from_estimate(index, est, tau, model_flags, _norm(arr[index]))
 
     engine.run(((i, estimate_sample(arr[i], i, cfg)) for i in indices), done, max_active=max_active)
     return out
@@ -346,10 +346,6 @@ def model_wide_flags(model: ProbabilityModel) -> list[str]:
 
 def _norm(x: np.ndarray) -> float:
     return float(np.linalg.norm(np.asarray(x, dtype=np.float64).ravel()))
-
-
-def _sample_result(index: int, est: SampleEstimate, tau: float, model_flags: list[str], input_norm: float) -> SampleResult:
-    return SampleResult.from_estimate(index, est, tau, model_flags, input_norm)
 
 
 def _white_box_function(model: ProbabilityModel) -> Callable[[np.ndarray], Sequence[ExactFisher]]:
