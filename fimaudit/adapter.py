@@ -4,7 +4,7 @@ An adapter is a distribution that registers an `Adapter` under the entry-point g
 `fimaudit.adapters` (docs/adapter_guide.md). It loads a model reference into a `ProbabilityModel`,
 declares the options its loader takes, names the model by digest (`file_sha256`,
 `directory_digest`), and may offer optional abilities, each a Protocol below that fimaudit checks
-with isinstance: `WhiteBoxModel`, `FingerprintChecker`, `MultiFileAdapter`.
+with isinstance: `WhiteBoxModel`, `BoundedModel`, `FingerprintChecker`, `MultiFileAdapter`.
 
 The helpers that check outputs (probabilities versus logits, probes, fixed batches) live in
 fimaudit.model, which builds on this module.
@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from fimaudit.errors import DataError, ModelError, OutputError, QueryError, UsageError
+from fimaudit.lipschitz_bound import Bound
 from fimaudit.outputs import (  # noqa: F401  (re-exported: the output checks adapters call)
     NOT_A_CLASSIFIER_FIX,
     OUTPUT_KINDS,
@@ -206,6 +207,23 @@ class WhiteBoxModel(Protocol):
     """A model that computes λ_max and tr F from its own gradients (`audit --white-box`)."""
 
     def exact_fisher(self, x: np.ndarray, method: str = "auto") -> Sequence[ExactFisher]: ...
+
+
+@runtime_checkable
+class BoundedModel(Protocol):
+    """A model that bounds λ_max(F) from its own graph and weights (`audit --bound`; docs/math.md,
+    "Bounds from the graph"). Each method returns a `fimaudit.lipschitz_bound.Bound`; where the
+    bound cannot be computed (an operator without a rule, a graph that cannot be read) its value is
+    None with the operator and the reason named, never a number that might be wrong."""
+
+    def lambda_max_bound(self) -> Bound:
+        """An upper bound on λ_max(F(x)) at every input x (or on the domain its scope states)."""
+        ...
+
+    def local_lambda_max_bound(self, x: np.ndarray, radius: float) -> Bound | None:
+        """An upper bound on λ_max(F(x')) over ‖x' − x‖₂ ≤ radius, for one input x (no batch axis);
+        None where the adapter has no local bound (then only the global one is reported)."""
+        ...
 
 
 class FingerprintOutcome(Protocol):

@@ -24,7 +24,8 @@ from html import escape
 from fimaudit.signing import ASSURANCE_MEANINGS, NON_CLAIMS, AuditPredicate, NonClaim, content_problems, section_problems, summary_problems
 from fimaudit.signing.predicate import COMPLIANCE, harness_names, sample_info, threat_model
 from fimaudit.policy import PolicyCheck, PolicyResult, recheck
-from fimaudit.report import FLAG_MEANINGS, AuditConfig, AuditReport, SampleResult, Stats
+from fimaudit.lipschitz_bound import ALL_INPUTS
+from fimaudit.report import FLAG_MEANINGS, AuditConfig, AuditReport, ModelBound, SampleBound, SampleResult, Stats, estimates_above_bound
 
 WIDTH, HEIGHT, MARGIN = 540, 320, 56
 MAX_ROWS = 1000  # the table lists this many samples; the plots show all of them
@@ -67,12 +68,13 @@ def render_html(
         f"<h2>What was claimed, by whom</h2>{_claims(report, predicate, signed=bool(signers))}",
         f"<h2>What this report does not claim</h2>{_non_claims(predicate)}",
         f"<h2>Summary</h2>{_summary(report)}{_bounds(report)}",
+        _graph_bound(report),
         _policy(policy, report) if policy is not None else "",
         "<h2>Plots</h2>",
-        _scatter(report.samples, report.config.confidence),
+        _scatter(report.samples, report.config.confidence, _plotted_global_bound(report)),
         _histogram([s.epsilon_tau for s in report.samples if s.epsilon_tau is not None], report.config.tau),
         _plot_notes(report.samples),
-        f"<h2>Samples</h2>{_flag_glossary(report.samples)}{_samples(report.samples)}",
+        f"<h2>Samples</h2>{_flag_glossary(report.samples)}{_samples(report.samples, bounded=_any_local(report.samples))}",
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -145,6 +147,47 @@ def _bounds(report: AuditReport) -> str:
 _QUANTILES = ("p50", "p90", "p99")
 
 
+def _graph_bound(report: AuditReport) -> str:
+    """With audit --bound: the model's bound from its graph beside the estimates, the samples' local
+    bounds, and the samples whose interval lies above their bound."""
+    b = report.model.lambda_max_bound
+    if b is None:
+        return ""
+    estimates = report.summary.lambda_max
+    rows = [
+        ("λ_max bound", _model_bound_text(b)),
+        ("holds on", b.scope),
+        ("method", b.method),
+        ("estimated λ_max (for comparison)", f"median {_fmt(estimates.median)}, max {_fmt(estimates.max)}"),
+        ("per-sample bounds", b.local),
+    ]
+    if b.lipschitz is not None:
+        rows.insert(2, ("Lipschitz bound L of the logits", _fmt(b.lipschitz)))
+    local = [s.lambda_max_bound.value for s in report.samples if s.lambda_max_bound is not None and s.lambda_max_bound.value is not None]
+    if local:
+        rows.append(("local bounds", f"median {_fmt(_median(local))}, max {_fmt(max(local))} (column 'bound' below)"))
+    above = estimates_above_bound(report)
+    warning = ""
+    if above:
+        listed = ", ".join(str(i) for i in above[:20]) + (", …" if len(above) > 20 else "")
+        warning = (f"<p class='fail'>{len(above)} of {len(report.samples)} samples have an interval wholly above a bound that holds "
+                   f"at their input (indices {_text(listed)}): their estimates carry an error larger than the interval says.</p>")
+    return f"<h2>Bound from the graph</h2>{_rows(rows, 1000)}{warning}"
+
+
+def _model_bound_text(b: ModelBound) -> str:
+    if b.value is not None:
+        return _fmt(b.value)
+    op = f"operator {b.unsupported_operator}: " if b.unsupported_operator else ""
+    return f"none ({op}{b.reason or 'not computed'})"
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+
+
 def _bound_cell(value: float | None, reason: str | None) -> str:
     # A null bound is a finding (too few inputs, or an unbounded radius): its reason is shown, not a blank.
     if value is not None:
@@ -162,8 +205,8 @@ def _bounds_note(summary: object) -> str:
     return " ".join(parts)
 
 
-def _rows(pairs: Sequence[tuple[str, str]]) -> str:
-    return "<table class='meta'>" + "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in pairs) + "</table>"
+def _rows(pairs: Sequence[tuple[str, str]], limit: int = MAX_TEXT) -> str:
+    return "<table class='meta'>" + "".join(f"<tr><th>{_text(k)}</th><td>{_text(v, limit)}</td></tr>" for k, v in pairs) + "</table>"
 
 
 def _provenance(report: AuditReport, signers: Sequence[str]) -> str:
@@ -255,24 +298,37 @@ def _step_rule(c: AuditConfig) -> str:
     return f"step chosen per input (search from {c.step:.3g})"
 
 
-def _samples(samples: list[SampleResult]) -> str:
-    head = "".join(
-        f"<th>{h}</th>" for h in ("index", "class", "confidence", "λ_max", "interval", "ε_τ", "step (L2)", "method", "flags")
-    )
-    rows = "".join(_sample_row(s) for s in samples[:MAX_ROWS])
+def _samples(samples: list[SampleResult], bounded: bool = False) -> str:
+    names = ("index", "class", "confidence", "λ_max", "interval", *(("bound",) if bounded else ()), "ε_τ", "step (L2)", "method", "flags")
+    head = "".join(f"<th>{h}</th>" for h in names)
+    rows = "".join(_sample_row(s, bounded) for s in samples[:MAX_ROWS])
     more = f"<p class='note'>First {MAX_ROWS} of {len(samples)} samples; the JSON report holds all.</p>" if len(samples) > MAX_ROWS else ""
-    return f"<table><tr>{head}</tr>{rows}</table>{more}"
+    note = ("<p class='note'>bound: an upper bound on λ_max from the model's graph over the L2 ball around the input whose radius is "
+            "the step (L2) column (hover for the method); exact: λ_max at the input itself; -: none computed.</p>") if bounded else ""
+    return f"{note}<table><tr>{head}</tr>{rows}</table>{more}"
 
 
-def _sample_row(s: SampleResult) -> str:
+def _sample_row(s: SampleResult, bounded: bool = False) -> str:
     """One sample's row, tinted when it carries a flag."""
     opening = "<tr class='flagged'>" if s.flags else "<tr>"
+    bound = f"<td class='bound'>{_sample_bound(s.lambda_max_bound)}</td>" if bounded else ""
     return (
         f"{opening}<td>{s.index}</td><td>{s.predicted_class}</td><td>{_confidence(s.confidence)}</td><td>{_fmt(s.lambda_max)}</td>"
-        f"<td>[{_fmt(s.lambda_max_ci[0])}, {_fmt(s.lambda_max_ci[1])}]</td><td>{_fmt(s.epsilon_tau)}</td>"
+        f"<td>[{_fmt(s.lambda_max_ci[0])}, {_fmt(s.lambda_max_ci[1])}]</td>{bound}<td>{_fmt(s.epsilon_tau)}</td>"
         f"<td>{'-' if s.step_norm is None else _fmt(s.step_norm)}</td>"
         f"<td>{_text(s.method)}</td><td>{_text(', '.join(s.flags))}</td></tr>"
     )
+
+
+def _sample_bound(b: SampleBound | None) -> str:
+    """A sample's local bound, with where it holds (hover for the method); '-' where none was computed."""
+    if b is None:
+        return "-"
+    if b.value is None:
+        op = f"{b.unsupported_operator}: " if b.unsupported_operator else ""
+        return f"<span title='{_text(b.method)}'>none ({_text(op + (b.reason or ''), 120)})</span>"
+    where = "exact at x" if b.exact else f"on the ball of radius {b.radius:.4g}"
+    return f"<span title='{_text(where + ': ' + b.method)}'>{_fmt(b.value)}</span>" + (" <span class='note'>(exact)</span>" if b.exact else "")
 
 
 def _confidence(p: float) -> str:
@@ -319,6 +375,8 @@ MIN_BAR = 10.0  # pixels: a shorter interval is drawn this long, centred, so it 
 CAP = 3.0  # pixels: half the width of an interval bar's end caps
 TICK_GAP = 34.0  # pixels: the least distance between two x tick labels; decades between go unlabelled
 LEGEND_ROW = 16
+BOUND_COLOUR = "#444"
+GLOBAL_SPAN = 100.0  # the global bound is drawn when at most this many times the largest interval end or local bound
 COLOURS = {"clean": "#1f5fa8", "below_resolution": "#b00020", "flagged": "#d97706"}
 LEGEND_TEXT = {
     "clean": "no flag",
@@ -380,20 +438,35 @@ def _floored(s: SampleResult) -> bool:
     return 1 - s.confidence < FLOOR
 
 
-def _scatter(samples: list[SampleResult], confidence: float) -> str:
+def _plotted_global_bound(report: AuditReport) -> float | None:
+    """The model's bound from its graph where it holds at every input and lies within GLOBAL_SPAN of the
+    largest estimate (further up, a line would squash the points into the bottom of the plot)."""
+    b = report.model.lambda_max_bound
+    top = max([s.lambda_max_ci[1] for s in report.samples] + _local_bounds(report.samples), default=0.0)
+    if b is None or b.value is None or b.scope != ALL_INPUTS or not top > 0 or b.value > GLOBAL_SPAN * top:
+        return None
+    return b.value
+
+
+def _scatter(samples: list[SampleResult], confidence: float, global_bound: float | None = None) -> str:
     """λ_max (with its interval) against 1 − top probability: how much sensitivity is confidence.
     Inputs whose 1 − p is under FLOOR (confidence 1.0) have no place on a log axis: they are drawn
     open in a strip at 0, left of a break in the axis, so that they do not stretch it."""
     floored = any(_floored(s) for s in samples)
     x = _LogAxis([1 - s.confidence for s in samples if not _floored(s)], MARGIN + (STRIP if floored else 0), WIDTH - RIGHT)
     lams = [s.lambda_max for s in samples] + [s.lambda_max_ci[1] for s in samples] + [s.lambda_max_ci[0] for s in samples]
-    y = _LogAxis(lams, BOTTOM, TOP)
+    y = _LogAxis(lams + _local_bounds(samples) + ([global_bound] if global_bound is not None else []), BOTTOM, TOP)
     legend = _legend_entries(samples, confidence)
+    if global_bound is not None:
+        legend.append(("global", f"bound at every input from the graph: {_fmt(global_bound)}"))
     xticks = [(MARGIN + STRIP_AT, "0"), *x.ticks()] if floored else x.ticks()
     out = _frame("λ_max per input (bars: interval)", "1 − top probability", "λ_max", xticks, y.ticks(),
                  HEIGHT + 6 + LEGEND_ROW * len(legend))
     if floored:
         out.append(_axis_break(MARGIN + (STRIP + STRIP_AT) / 2))
+    if global_bound is not None:
+        out.append(f"<line class='global-bound' x1='{MARGIN}' y1='{y(global_bound):.1f}' x2='{WIDTH - RIGHT}' y2='{y(global_bound):.1f}' "
+                   f"stroke='{BOUND_COLOUR}' stroke-dasharray='5 3'/>")
     for s in samples:
         out += _point(s, MARGIN + STRIP_AT if _floored(s) else x(1 - s.confidence), y)
     out.append(_legend(legend))
@@ -407,14 +480,37 @@ def _axis_break(px: float) -> str:
 
 
 def _point(s: SampleResult, px: float, y: _LogAxis) -> list[str]:
-    """One sample: its interval bar, then its dot (open when its confidence is at the floor)."""
+    """One sample: its interval bar, its local bound (audit --bound) if any, then its dot (open when
+    its confidence is at the floor)."""
     colour = COLOURS[_kind(s)]
     low, high = s.lambda_max_ci
-    tip = (f"input {s.index}: λ_max {_fmt(s.lambda_max)} [{_fmt(low)}, {_fmt(high)}], "
-           f"confidence {_confidence(s.confidence)}, flags: {', '.join(s.flags) or 'none'}")
+    bound = _local_bound(s)
+    tip = (f"input {s.index}: λ_max {_fmt(s.lambda_max)} [{_fmt(low)}, {_fmt(high)}]"
+           + (f", bound {_fmt(bound)}" if bound is not None else "")
+           + f", confidence {_confidence(s.confidence)}, flags: {', '.join(s.flags) or 'none'}")
     dot = (f"<circle class='sample' cx='{px:.1f}' cy='{y(s.lambda_max):.1f}' r='2.5' "
            f"fill='{'white' if _floored(s) else colour}' stroke='{colour}'><title>{_text(tip)}</title></circle>")
-    return [*_bar(px, y(low), y(high), colour), dot]
+    marks = [] if bound is None else [_bound_mark(px, y(bound))]
+    return [*_bar(px, y(low), y(high), colour), *marks, dot]
+
+
+def _any_local(samples: Sequence[SampleResult]) -> bool:
+    """Whether some sample has a local bound (computed, or null with its reason): the table's bound column."""
+    return any(s.lambda_max_bound is not None for s in samples)
+
+
+def _local_bound(s: SampleResult) -> float | None:
+    return s.lambda_max_bound.value if s.lambda_max_bound is not None else None
+
+
+def _local_bounds(samples: Sequence[SampleResult]) -> list[float]:
+    return [v for s in samples if (v := _local_bound(s)) is not None]
+
+
+def _bound_mark(px: float, py: float) -> str:
+    """A sample's local bound: a small downward triangle whose flat top sits at the bound (a ceiling)."""
+    return (f"<path class='bound' d='M{px - 4:.1f} {py:.1f}H{px + 4:.1f}L{px:.1f} {py + 5:.1f}Z' "
+            f"fill='none' stroke='{BOUND_COLOUR}'/>")
 
 
 def _bar(px: float, bottom: float, top: float, colour: str) -> list[str]:
@@ -437,10 +533,16 @@ def _legend_entries(samples: list[SampleResult], confidence: float) -> list[tupl
     if any(_floored(s) for s in samples):
         entries.append(("floored", f"open, at 0: confidence 1.0 (1 − p under {FLOOR:g})"))
     entries.append(("interval", f"{confidence:.0%} interval (drawn at least {MIN_BAR:g} px long)"))
+    if _local_bounds(samples):
+        entries.append(("bound", "local upper bound on λ_max from the graph (audit --bound)"))
     return entries
 
 
 def _marker(kind: str, x: float, y: float) -> str:
+    if kind == "global":
+        return f"<path d='M{x - 6} {y}H{x + 6}' stroke='{BOUND_COLOUR}' stroke-dasharray='5 3'/>"
+    if kind == "bound":
+        return _bound_mark(x, y - 3)
     if kind == "interval":
         return f"<path d='M{x - CAP} {y - 5}H{x + CAP}M{x} {y - 5}V{y + 5}M{x - CAP} {y + 5}H{x + CAP}' stroke='#555'/>"
     colour = COLOURS.get(kind, "#555")

@@ -36,7 +36,8 @@ def test_leaf_modules_import_almost_nothing() -> None:
     graph = _graph()
     assert graph["fimaudit.errors"] == set() and graph["fimaudit._version"] == set()
     assert graph["fimaudit.outputs"] <= {"fimaudit.errors"}
-    assert graph["fimaudit.adapter"] <= {"fimaudit.errors", "fimaudit.outputs"}
+    assert graph["fimaudit.lipschitz_bound"] == set()
+    assert graph["fimaudit.adapter"] <= {"fimaudit.errors", "fimaudit.outputs", "fimaudit.lipschitz_bound"}
 
 
 def test_estimators_are_pure() -> None:

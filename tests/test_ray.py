@@ -271,8 +271,9 @@ def test_a_killed_driver_resumes_from_its_journal(cluster: str, tmp_path: Path) 
 
 
 def test_cli_ray_audit_equals_the_local_one(cluster: str, tmp_path: Path) -> None:
+    """With --bound too: the model's bound is computed on the driver, the same either way."""
     args = [str(ROOT / "examples" / "digits.onnx"), "--data", str(ROOT / "examples" / "digits_test.npy"),
-            "--limit", "6", "--directions", "16", "--quiet"]
+            "--limit", "6", "--directions", "16", "--quiet", "--bound"]
     cli = [str(Path(sys.executable).with_name("fimaudit")), "audit"]
     env = {**os.environ, **LOOPBACK}
     subprocess.run([*cli, *args, "--out", str(tmp_path / "local.json")], check=True, env=env, timeout=120)
@@ -281,6 +282,7 @@ def test_cli_ray_audit_equals_the_local_one(cluster: str, tmp_path: Path) -> Non
     )
     local, sharded = (AuditReport.model_validate(json.loads((tmp_path / f).read_text())) for f in ("local.json", "ray.json"))
     assert_same_samples(local, sharded)
+    assert local.model.lambda_max_bound is not None and local.model.lambda_max_bound == sharded.model.lambda_max_bound
 
 
 def test_importing_fimaudit_does_not_import_ray() -> None:

@@ -8,7 +8,7 @@ from rich.table import Table
 from fimaudit.cli.app import out
 from fimaudit.comparison import Comparison
 from fimaudit.policy import PolicyCheck, PolicyResult
-from fimaudit.report import FLAG_MEANINGS, AuditReport, Summary
+from fimaudit.report import FLAG_MEANINGS, AuditReport, Summary, estimates_above_bound
 
 
 def print_summary(report: AuditReport) -> None:
@@ -22,6 +22,7 @@ def print_summary(report: AuditReport) -> None:
         table.add_row(name, *(fmt(getattr(st, c)) for c in ("median", "p90", "p99", "min", "max")))
     out.print(table)
     print_bounds(s)
+    print_graph_bound(report)
     out.print(
         f"{s.queries} queries in {s.wall_seconds:.2f} s ({s.queries_per_second:,.0f}/s) on "
         f"{escape(report.model.provider or report.model.adapter)}; estimator {report.config.estimator}, "
@@ -46,6 +47,27 @@ def print_bounds(s: Summary) -> None:
     for key, note in s.bound_notes.items():
         if key in shares:
             out.print(f"[yellow]{key}[/]: {escape(note)}", soft_wrap=True)
+
+
+def print_graph_bound(report: AuditReport) -> None:
+    """With --bound: the model's bound from its graph (or the operator that prevented one), the samples'
+    local bounds, and any estimate whose interval lies above its sample's bound (an estimation error)."""
+    b = report.model.lambda_max_bound
+    if b is None:
+        return
+    if b.value is not None:
+        out.print(f"lambda_max bound from the graph ({escape(b.scope)}): {b.value:.4g}", soft_wrap=True)
+    else:
+        what = f"unsupported operator {escape(b.unsupported_operator)}: " if b.unsupported_operator else ""
+        out.print(f"[yellow]lambda_max bound from the graph: none[/] ({what}{escape(b.reason or 'not computed')})", soft_wrap=True)
+    local = [s.lambda_max_bound.value for s in report.samples if s.lambda_max_bound is not None and s.lambda_max_bound.value is not None]
+    if local:
+        out.print(f"local bounds ({len(local)} of {report.summary.n} inputs, on the ball of each input's step): "
+                  f"median {float(np.median(local)):.4g}, max {max(local):.4g}", soft_wrap=True)
+    above = len(estimates_above_bound(report))
+    if above:
+        out.print(f"[yellow]above the bound[/]: {above} of {report.summary.n} inputs have an interval whose lower end exceeds "
+                  "their bound: the estimate there carries a finite-difference or sampling error larger than its interval.", soft_wrap=True)
 
 
 def bound_text(bounds: dict[str, float | None], key: str, notes: dict[str, str]) -> str:

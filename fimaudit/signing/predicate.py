@@ -217,6 +217,8 @@ def _preprocessing(from_images: bool) -> str:
 def method(report: AuditReport) -> Method:
     c = report.config
     access = "black box: output probabilities only" + (", and the model's gradients to check them" if c.white_box else "")
+    if report.model.lambda_max_bound is not None:  # audit --bound: the graph was read as well
+        access += ", and the model's graph and weights to bound lambda_max"
     return Method(
         access=access, estimator=c.estimator, estimators_used=_counts(s.method for s in report.samples),
         directions=c.directions, directions_kind=_counts(s.directions_kind for s in report.samples), scheme=c.scheme,

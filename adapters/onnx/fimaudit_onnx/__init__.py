@@ -15,6 +15,7 @@ from fimaudit.adapter import (
     SimpleAdapter,
     file_sha256,
     manifest_sha256,
+    one_line,
     output_form,
     probe_inputs,
     resolve_input_shape,
@@ -22,6 +23,7 @@ from fimaudit.adapter import (
     shape_failure,
 )
 from fimaudit.errors import ModelError, UsageError
+from fimaudit.lipschitz_bound import Bound
 
 __all__ = ["OnnxModel", "adapter", "external_data_files", "load", "model_files"]
 
@@ -96,6 +98,22 @@ class OnnxModel(ProbabilityModel):
             output_kind=self.output_kind,
             extra=extra,
         )
+
+    # -- bounds from the graph (audit --bound; the BoundedModel Protocol) ----------------------
+    def lambda_max_bound(self) -> Bound:
+        """An upper bound on λ_max(F) at every input, read from the file's graph with the onnx package
+        (fimaudit_onnx.bound): null, with the operator named, where an operator has no rule."""
+        from fimaudit_onnx.bound import graph_bound
+
+        try:
+            return graph_bound(self.path, self.input_spec.shape, input_name=self._input.name, output_name=self._output.name,
+                               outputs=self.output_kind)
+        except Exception as exc:  # a graph the walk cannot read (onnx's own errors): null with the failure named
+            return Bound(None, "graph-lipschitz-onnx", reason=f"the graph walk failed ({type(exc).__name__}: {one_line(exc)})")
+
+    def local_lambda_max_bound(self, x: np.ndarray, radius: float) -> None:
+        """No local bound from an ONNX graph: only the global one (the torch adapter has local ones)."""
+        return None
 
     def _raw_predict(self, batch: np.ndarray) -> np.ndarray:
         n = len(batch)

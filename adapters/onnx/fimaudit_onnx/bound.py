@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,62 +22,22 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-INF = math.inf
-SAFETY = 1e-9
-
-# Global Lipschitz constants sup|σ'| (derivations in docs/math.md; computed, and checked equal, by
-# fimaudit_torch.lipschitz): GELU = Φ(√2) + √2φ(√2); SiLU = σ'(t*) with t*(2s(t*) − 1) = 2;
-# Mish and tanh-GELU from the zeros of σ''. HardSwish is 1.5-Lipschitz (σ' = (2t + 3)/6 → 1.5).
-GELU = 1.1289041463140603 * (1 + SAFETY)
-GELU_TANH = 1.128993069788765 * (1 + SAFETY)
-SILU = 1.0998393212297064 * (1 + SAFETY)
-MISH = 1.088498162341226 * (1 + SAFETY)
-SELU_ALPHA, SELU_SCALE = 1.6732632423543772, 1.0507009873554805
-
-
-@dataclass(frozen=True)
-class Bound:
-    """Same fields as fimaudit_torch.graph_bound.Bound: an upper bound on λ_max(F) or None."""
-
-    value: float | None
-    method: str
-    scope: str = "all inputs"
-    unsupported_op: str | None = None
-    reason: str | None = None
-    lipschitz: float | None = None
-    radius: float | None = None
-    exact: bool = False
-    seconds: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-class Unsupported(Exception):
-    def __init__(self, op: str, reason: str) -> None:
-        super().__init__(f"{op}: {reason}")
-        self.op = op
-        self.reason = reason
-
-
-@dataclass
-class _Mag:
-    """Size bounds (Frobenius, spectral per last-two-axes slice, ℓ2 per last-axis row, max |entry|)."""
-
-    frob: float = INF
-    spec: float = INF
-    row: float = INF
-    elem: float = INF
-
-    def tidy(self, shape: Sequence[int]) -> _Mag:
-        n_last = shape[-1] if shape else 1
-        rows = shape[-2] if len(shape) >= 2 else 1
-        numel = math.prod(shape) if shape else 1
-        frob = min(self.frob, math.sqrt(numel) * self.elem)
-        row = min(self.row, frob, math.sqrt(n_last) * self.elem)
-        spec = min(self.spec, frob, math.sqrt(rows) * row)
-        return _Mag(frob, spec, row, min(self.elem, row))
+from fimaudit.lipschitz_bound import (  # noqa: F401  (GELU, SILU...: the constants, also read from here)
+    GELU,
+    GELU_TANH,
+    INF,
+    MISH,
+    SELU_ALPHA,
+    SELU_SCALE,
+    SILU,
+    UNBOUNDED_PRODUCT,
+    Bound,
+    Unsupported,
+    last_step,
+    scope_of,
+)
+from fimaudit.lipschitz_bound import Mag as _Mag
+from fimaudit.lipschitz_bound import up as _up
 
 
 @dataclass
@@ -97,7 +57,7 @@ def graph_bound(model: str | Path | onnx.ModelProto, input_shape: Sequence[int] 
     fimaudit_torch). `outputs` is what the adapter detected ("logits", "probabilities"):
     probabilities must come from a final Softmax/LogSoftmax in the graph."""
     start = time.perf_counter()
-    scope = "all inputs" if input_norm is None else f"inputs with ||x||_2 <= {input_norm:g}"
+    scope = scope_of(input_norm)
     try:
         walk = _Graph(_load(model), input_shape, input_name, output_name, input_norm)
         walk.outputs = outputs
@@ -118,10 +78,6 @@ def _load(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
 
 
 # ── numeric rules (numpy twins of fimaudit_torch.lipschitz) ──────────────────────────────────
-
-
-def _up(v: float) -> float:
-    return float(v) * (1 + SAFETY)
 
 
 def _spectral(m: np.ndarray) -> float:
@@ -359,12 +315,8 @@ class _Graph:
         if math.prod(shape) != shape[-1] or shape[-1] < 2:
             raise Unsupported("output", f"expected one vector of class scores per input, got shape {shape}")
         lz = self.vals[name].lip
-        best, rule = 0.5 * lz * lz, "1/2 L^2"
-        if name in self.finals:
-            w, lip_in = self.finals[name]
-            alt = _row_difference(w) * lip_in**2
-            if alt < best:
-                best, rule = alt, "1/4 max_ab ||W_a - W_b||^2 L_h^2 (last linear layer)"
+        final = self.finals.get(name)
+        best, rule = last_step(lz, _row_difference(final[0]) * final[1] ** 2 if final is not None else None)
         return best, lz, rule
 
 
@@ -632,8 +584,7 @@ def _batch_numel(shape: Sequence[int]) -> int:
 def _bilinear(g: _Graph, node: onnx.NodeProto, a: _Val, b: _Val) -> None:
     """A @ B of two input-dependent tensors: L ≤ L_A·max‖B‖₂ + max‖A‖₂·L_B (per matrix slice)."""
     if not (math.isfinite(a.mag.spec) and math.isfinite(b.mag.spec)):
-        raise Unsupported("MatMul", "product of two input-dependent tensors (attention) whose size is unbounded on this domain: "
-                          "no Lipschitz constant; normalise before it (LayerNorm) or state an input domain")
+        raise Unsupported("MatMul", UNBOUNDED_PRODUCT)
     out = g.out_shape(node)
     fa = math.sqrt(max(1.0, _batch_numel(out) / max(1, _batch_numel(a.shape))))
     fb = math.sqrt(max(1.0, _batch_numel(out) / max(1, _batch_numel(b.shape))))

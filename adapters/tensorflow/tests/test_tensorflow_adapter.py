@@ -178,6 +178,17 @@ def test_cli_audits_a_saved_model_directory(saved: dict[str, Path], tmp_path: Pa
     assert report["summary"]["n"] == 3 and all(s["lambda_max"] > 0 for s in report["samples"])
 
 
+def test_cli_bound_is_refused_naming_the_adapter(saved: dict[str, Path], tmp_path: Path) -> None:
+    """The tensorflow adapter reads no graph bound (no BoundedModel): --bound is a usage error naming it,
+    raised before any query is spent."""
+    data, out = tmp_path / "x.npy", tmp_path / "report.json"
+    np.save(data, inputs(2, seed=4))
+    cmd = [sys.executable, "-m", "fimaudit.cli", "audit", str(saved["probs"]), "--data", str(data), "--out", str(out), "--bound", "-q"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and not out.exists()
+    assert "--bound needs a model whose graph and weights can be read; the 'tensorflow' adapter computes no bound" in " ".join(res.stderr.split())
+
+
 def test_open_height_and_width_take_input_shape_or_the_data(tmp_path: Path) -> None:
     """A signature with height and width left open (None): refused without a shape, audited with
     input_shape or the data's shape, and named by the same directory digest either way."""

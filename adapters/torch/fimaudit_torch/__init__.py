@@ -2,7 +2,10 @@
 
 `fimaudit.load_model("net.pt2")`, `fimaudit.load_model("w.pth", factory=MyNet, input_shape=(3, 32, 32))`,
 or `fimaudit_torch.TorchModel(module, input_shape=(3, 32, 32))`. `TorchModel.exact_fisher(x)` is the
-white-box reference (docs/adapters.md).
+white-box reference (docs/adapters.md); `TorchModel.lambda_max_bound()` and `local_lambda_max_bound(x, r)`
+bound λ_max from the module's graph (`fimaudit_torch.graph_bound`; docs/math.md, "Bounds from the graph").
+Those functions are not re-exported here: the name `graph_bound` is its submodule's, which Python binds on
+this package whenever the submodule is imported, so a lazy export of that name would not stay a function.
 
 This module stays light: every fimaudit.load_model call imports all registered adapters, so torch
 is imported only when a torch model is actually loaded.

@@ -25,7 +25,7 @@ import operator
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import torch
@@ -33,64 +33,12 @@ import torch.fx
 import torch.nn.functional as F
 from torch import nn
 
+from fimaudit.lipschitz_bound import INF, UNBOUNDED_PRODUCT, Bound, Unsupported, ball_scope, last_step, scope_of
+from fimaudit.lipschitz_bound import Mag as _Mag
 from fimaudit_torch import lipschitz as lip
 from fimaudit_torch.lipschitz import Activation
 
 Tensor = torch.Tensor
-INF = math.inf
-
-
-@dataclass(frozen=True)
-class Bound:
-    """An upper bound on λ_max(F), or None with the operator and reason that prevented one.
-
-    `scope` says where it holds: "all inputs" (global), or the L2 ball of `radius` around the input
-    (local). `exact` is True when `value` is λ_max(F(x)) itself (a fixed activation pattern and an
-    autograd Jacobian), not a bound. `lipschitz` bounds ‖J_z‖₂ over the same scope."""
-
-    value: float | None
-    method: str
-    scope: str = "all inputs"
-    unsupported_op: str | None = None
-    reason: str | None = None
-    lipschitz: float | None = None
-    radius: float | None = None
-    exact: bool = False
-    seconds: float = 0.0
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
-
-
-class Unsupported(Exception):
-    """An operator the bound cannot handle; the bound is then None, never a guess."""
-
-    def __init__(self, op: str, reason: str) -> None:
-        super().__init__(f"{op}: {reason}")
-        self.op = op
-        self.reason = reason
-
-
-@dataclass
-class _Mag:
-    """Bounds on a tensor's size over the scope: Frobenius norm, spectral norm of every matrix over
-    its last two axes, ℓ2 norm of every vector along its last axis, largest |entry|."""
-
-    frob: float = INF
-    spec: float = INF
-    row: float = INF
-    elem: float = INF
-
-    def tidy(self, shape: Sequence[int]) -> _Mag:
-        """Each bound implies others: elem ≤ row ≤ frob, spec ≤ min(frob, √rows·row), row ≤ √n·elem."""
-        n_last = shape[-1] if shape else 1
-        rows = shape[-2] if len(shape) >= 2 else 1
-        numel = math.prod(shape) if shape else 1
-        frob = min(self.frob, math.sqrt(numel) * self.elem)
-        row = min(self.row, frob, math.sqrt(n_last) * self.elem)
-        spec = min(self.spec, frob, math.sqrt(rows) * row)
-        return _Mag(frob, spec, row, min(self.elem, row))
 
 
 @dataclass
@@ -128,7 +76,7 @@ def graph_bound(module: nn.Module, input_shape: Sequence[int], *, input_norm: fl
     detected ("logits", "probabilities"): probabilities must come from a final softmax (or
     log-softmax) in the graph, whose input is then the logits; otherwise the bound is None."""
     start = time.perf_counter()
-    scope = "all inputs" if input_norm is None else f"inputs with ||x||_2 <= {input_norm:g}"
+    scope = scope_of(input_norm)
     try:
         gm, x = _prepare(module, torch.zeros(1, *input_shape), double=False)
         walker = _Walker(gm, None, _Mag(input_norm or INF, input_norm or INF, input_norm or INF, input_norm or INF), output_name, outputs)
@@ -150,7 +98,7 @@ def local_bound(module: nn.Module, x: Tensor, *, radius: float = 0.0, exact_limi
     bound and the range of p over the ball are used. Where K·d > exact_limit and radius is 0, the
     exact value comes from Lanczos (`lanczos`; many autograd passes on large inputs). Float64 throughout."""
     start = time.perf_counter()
-    scope = "x" if radius == 0 else f"||x' - x||_2 <= {radius:g}"
+    scope = ball_scope(radius)
     try:
         gm, xb = _prepare(module, x.detach()[None], double=True)
         walker = _Walker(gm, float(radius), _Mag(), output_name, outputs)
@@ -198,6 +146,7 @@ def _prepare(module: nn.Module, x: Tensor, double: bool) -> tuple[torch.fx.Graph
     if isinstance(module, torch.jit.ScriptModule):
         raise Unsupported("TorchScript", "a scripted module has no torch.fx graph; bound the nn.Module it came from")
     net = copy.deepcopy(module).eval()
+    net.requires_grad_(False)  # our copy: derivatives are taken with respect to the input only
     if double:
         net = net.to(torch.float64)
     if isinstance(net, torch.fx.GraphModule):  # already a graph: torch.export's .module(), a traced module
@@ -292,9 +241,12 @@ class _Walker(torch.fx.Interpreter):
 
     def _record_output(self, n: torch.fx.Node, result: Any) -> None:
         arg: Any = n.args[0]
-        if self.output_name is not None and isinstance(arg, (dict, tuple, list)):
+        name = self.output_name
+        if isinstance(arg, (tuple, list)) and isinstance(name, str) and name.lstrip("-").isdigit():
+            name = int(name)  # a tuple's index given as text (the CLI's --output-name), as TorchModel reads it
+        if name is not None and isinstance(arg, (dict, tuple, list)):
             try:
-                arg, result = arg[self.output_name], result[self.output_name]  # type: ignore[index]
+                arg, result = arg[name], result[name]  # type: ignore[index]
             except (KeyError, IndexError, TypeError) as err:
                 raise Unsupported("output", f"no output {self.output_name!r}") from err
         if isinstance(arg, (tuple, list)) and len(arg) == 1:
@@ -383,12 +335,8 @@ class _Walker(torch.fx.Interpreter):
     def global_value(self) -> tuple[float, float, str]:
         node, _, _ = self.logits()
         lz = self.val(node).lip
-        best, rule = 0.5 * lz * lz, "1/2 L^2"
         final = self.finals.get(node)
-        if final is not None:
-            alt = lip.row_difference_bound(final.weight) * final.lip_in**2
-            if alt < best:
-                best, rule = alt, "1/4 max_ab ||W_a - W_b||^2 L_h^2 (last linear layer)"
+        best, rule = last_step(lz, lip.row_difference_bound(final.weight) * final.lip_in**2 if final is not None else None)
         return best, lz, rule
 
     def local_value(self, gm: torch.fx.GraphModule, x: Tensor, exact_limit: int, lanczos: bool) -> Bound:
@@ -588,7 +536,7 @@ def _logit_difference_radius(val: _Val, final: _Final | None, r: float) -> Tenso
     last layer's row differences ‖W_a − W_b‖·L_h·r."""
     assert val.delta is not None
     d = val.delta.reshape(-1)
-    diff = torch.minimum(d[:, None] + d[None, :], torch.full((d.numel(), d.numel()), math.sqrt(2) * val.lip * r, dtype=torch.float64))
+    diff = torch.clamp(d[:, None] + d[None, :], max=math.sqrt(2) * val.lip * r)
     if final is not None:
         w = final.weight.to(torch.float64).reshape(final.weight.shape[0], -1)
         diff = torch.minimum(diff, _pair_distances(w) * final.lip_in * r)
@@ -891,10 +839,14 @@ def _only_data(w: _Walker, n: torch.fx.Node) -> torch.fx.Node:
 
 
 def _rerun(w: _Walker, n: torch.fx.Node, substitute: dict[torch.fx.Node, Any]) -> Any:
-    """Apply the node's own operation with some operands replaced (ones, radii, |weights|)."""
+    """Apply the node's own operation with some operands replaced (ones, radii, |weights|), each
+    moved to the device of the value it replaces (probes are built on the CPU; the module may not be)."""
     def value(a: Any) -> Any:
         if isinstance(a, torch.fx.Node):
-            return substitute[a] if a in substitute else w.env[a]
+            if a not in substitute:
+                return w.env[a]
+            new, old = substitute[a], w.env[a]
+            return new.to(old.device) if isinstance(new, Tensor) and isinstance(old, Tensor) else new
         return a
 
     args = torch.fx.node.map_aggregate(n.args, value)
@@ -1024,7 +976,7 @@ def _is_linear(w: _Walker, v: torch.fx.Node) -> bool | None:
 def _scaled_input_channels(weight: Tensor, scale: Tensor, groups: int) -> Tensor:
     """W·diag(s) on the input channels (grouped: channel c is column c mod in_g of group c // in_g)."""
     out_c, in_g = weight.shape[:2]
-    per_out = scale.to(weight.dtype).reshape(groups, in_g).repeat_interleave(out_c // groups, dim=0)
+    per_out = scale.to(weight.device, weight.dtype).reshape(groups, in_g).repeat_interleave(out_c // groups, dim=0)
     return weight * per_out.reshape(out_c, in_g, *([1] * (weight.dim() - 2)))
 
 
@@ -1204,8 +1156,8 @@ def _ln_val(w: _Walker, n: torch.fx.Node, x: torch.fx.Node, weight: Any, bias: A
     c = w.env[x].detach()
     tokens_shape = c.shape[: c.dim() - ndim]
     n_tok = math.prod(c.shape[c.dim() - ndim:])
-    gamma = weight.detach().to(torch.float64).reshape(-1) if weight is not None else torch.ones(n_tok, dtype=torch.float64)
-    beta = bias.detach().to(torch.float64).reshape(-1) if bias is not None else torch.zeros(n_tok, dtype=torch.float64)
+    gamma = weight.detach().to(torch.float64).reshape(-1) if weight is not None else torch.ones(n_tok, dtype=torch.float64, device=c.device)
+    beta = bias.detach().to(torch.float64).reshape(-1) if bias is not None else torch.zeros(n_tok, dtype=torch.float64, device=c.device)
     g = float(gamma.abs().max())
     token_norm = g * math.sqrt(n_tok) + float(torch.linalg.vector_norm(beta))
     count = math.prod(tokens_shape)
@@ -1633,8 +1585,7 @@ def _bilinear(w: _Walker, a: torch.fx.Node, b: torch.fx.Node, result: Tensor) ->
     dot-product attention has no global Lipschitz constant on unbounded inputs."""
     ma, mb = w.mag(a), w.mag(b)
     if not (math.isfinite(ma.spec) and math.isfinite(mb.spec)):
-        raise Unsupported("matmul", "product of two input-dependent tensors (attention) whose size is unbounded on this domain: "
-                          "no Lipschitz constant; normalise before it (LayerNorm) or state an input domain")
+        raise Unsupported("matmul", UNBOUNDED_PRODUCT)
     av, bv = w.val(a), w.val(b)
     w.nonlinear("matrix product of two activations")
     lip_out = _broadcast_factor(w.env[a], result) * av.lip * mb.spec + _broadcast_factor(w.env[b], result) * bv.lip * ma.spec
@@ -1692,7 +1643,8 @@ def _h_mha(w: _Walker, n: torch.fx.Node, result: Any, mod: nn.MultiheadAttention
     heads, e = mod.num_heads, mod.embed_dim
     dh = e // heads
     weights = mod.in_proj_weight.detach().to(torch.float64).reshape(3, e, e)
-    biases = mod.in_proj_bias.detach().to(torch.float64).reshape(3, e) if mod.in_proj_bias is not None else torch.zeros(3, e, dtype=torch.float64)
+    biases = (mod.in_proj_bias.detach().to(torch.float64).reshape(3, e) if mod.in_proj_bias is not None
+              else torch.zeros(3, e, dtype=torch.float64, device=weights.device))
     lips, rows = [], []
     for i, t in enumerate((q, k, v)):
         if not (isinstance(t, torch.fx.Node) and t in w.data):
@@ -1707,7 +1659,7 @@ def _h_mha(w: _Walker, n: torch.fx.Node, result: Any, mod: nn.MultiheadAttention
     nq, nk = w.env[q].shape[axis], w.env[k].shape[axis]
     inner = _attention_lipschitz(lips[0], lips[1], lips[2], rows[0], rows[1], rows[2], nq, nk, 1.0 / math.sqrt(dh))
     out_w = mod.out_proj.weight.detach().to(torch.float64)
-    out_b = mod.out_proj.bias.detach().to(torch.float64) if mod.out_proj.bias is not None else torch.zeros(e, dtype=torch.float64)
+    out_b = mod.out_proj.bias.detach().to(torch.float64) if mod.out_proj.bias is not None else torch.zeros(e, dtype=torch.float64, device=out_w.device)
     out_norm = lip.spectral_norm(out_w)
     row = out_norm * math.sqrt(heads) * rows[2] + float(torch.linalg.vector_norm(out_b))
     return [_Val(out_norm * inner, _Mag(math.sqrt(nq) * row, INF, row, INF)), None]

@@ -9,7 +9,7 @@ float64, never an iterative estimate that approaches the norm from below:
   zero-padded convolution embeds in a circular one, with the stride's aliasing taken exactly;
 - linear maps: the exact spectral norm (SVD), nonnegative averaging maps: √(‖A‖₁‖A‖∞).
 
-Computed norms are multiplied by (1 + SAFETY) to absorb float64 rounding.
+Computed norms are multiplied by (1 + fimaudit.lipschitz_bound.SAFETY) to absorb float64 rounding.
 """
 from __future__ import annotations
 
@@ -19,13 +19,10 @@ from dataclasses import dataclass
 
 import torch
 
-SAFETY = 1e-9
+from fimaudit.lipschitz_bound import SELU_ALPHA, SELU_SCALE
+from fimaudit.lipschitz_bound import up as _up
+
 Tensor = torch.Tensor
-
-
-def _up(value: float) -> float:
-    """A computed norm, rounded up so float64 rounding cannot make it fall below the true one."""
-    return float(value) * (1.0 + SAFETY)
 
 
 # ── activations ──────────────────────────────────────────────────────────────────────────────
@@ -244,7 +241,7 @@ def _constant_table() -> dict[str, Activation]:
         "softsign": Activation("softsign", 1.0, lambda t: 1 / (1 + t.abs()) ** 2, ((0.0, 1.0),), grow=0.0, offset=1.0, cap=1.0),
         "logsigmoid": Activation("logsigmoid", 1.0, lambda t: torch.sigmoid(-t), (), offset=math.log(2.0)),
         "tanhshrink": Activation("tanhshrink", 1.0, lambda t: torch.tanh(t) ** 2, ()),
-        "selu": elu(1.6732632423543772848170429916717, 1.0507009873554804934193349852946, "selu"),
+        "selu": elu(SELU_ALPHA, SELU_SCALE, "selu"),
     }
 
 

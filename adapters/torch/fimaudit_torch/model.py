@@ -28,6 +28,7 @@ from fimaudit.adapter import (
     run_in_fixed_batches,
 )
 from fimaudit.errors import FimauditError, ModelError, OutputError, UsageError
+from fimaudit.lipschitz_bound import Bound, ball_scope
 from fimaudit_torch import files
 from fimaudit_torch.bound import relu_network_bound
 from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
@@ -105,7 +106,7 @@ class TorchModel(ProbabilityModel):
             extra["weights_sha256"] = _weights_sha256(self._module)
         bound = self.sanity_bound
         if bound is not None:
-            extra["lambda_max_bound"] = f"{bound:.6g}"
+            extra["sequential_bound"] = f"{bound:.6g}"  # not the graph bound: --bound gives model.lambda_max_bound
         return ModelIdentity(
             reference=self._reference,
             adapter="torch",
@@ -136,6 +137,44 @@ class TorchModel(ProbabilityModel):
     def sanity_bound(self) -> float | None:
         """½ Π‖W_l‖₂² for a plain sequential ReLU network (MATH.md): an upper bound on every λ_max."""
         return relu_network_bound(self._module, self.input_spec.shape)
+
+    # -- bounds from the graph (audit --bound; the BoundedModel Protocol) ----------------------
+    def lambda_max_bound(self) -> Bound:
+        """graph_bound on the module: an upper bound on λ_max(F) at every input (docs/math.md,
+        "Bounds from the graph"). Null, with the reason, for TorchScript (no torch.fx graph), modules
+        torch.fx cannot trace, programs exported with a fixed batch, and operators without a rule."""
+        from fimaudit_torch.graph_bound import graph_bound
+
+        refused = self._unboundable("graph-lipschitz", "all inputs")
+        if refused is not None:
+            return refused
+        try:
+            return graph_bound(self._module, self.input_spec.shape, output_name=self._output_name, outputs=self.output_kind)
+        except Exception as exc:  # a walk that fails (not an operator it refuses) bounds nothing
+            return _failed("graph-lipschitz", "all inputs", None, exc)
+
+    def local_lambda_max_bound(self, x: np.ndarray, radius: float) -> Bound:
+        """local_bound on the module at one input: an upper bound on λ_max(F(x')) over ‖x' − x‖₂ ≤ radius
+        (at radius 0, where x is no kink, λ_max(F(x)) itself), in float64. Lanczos is not used: where
+        K·d is too large for the autograd Jacobian, the local Lipschitz rules give the bound."""
+        from fimaudit_torch.graph_bound import local_bound
+
+        scope = ball_scope(radius)
+        refused = self._unboundable("graph-lipschitz-local", scope, radius)
+        if refused is not None:
+            return refused
+        point = torch.from_numpy(np.array(x, dtype=np.float64).reshape(self.input_spec.shape))
+        try:
+            return local_bound(self._module, point, radius=float(radius), lanczos=False, output_name=self._output_name, outputs=self.output_kind)
+        except Exception as exc:  # as above: null with the failure named, never a number
+            return _failed("graph-lipschitz-local", scope, radius, exc)
+
+    def _unboundable(self, method: str, scope: str, radius: float | None = None) -> Bound | None:
+        """Null for a program exported with a fixed batch: its graph runs on that batch only."""
+        if self._fixed_batch and self._fixed_batch != 1:
+            return Bound(None, method, scope, "fixed batch", f"the program was exported for batches of exactly {self._fixed_batch}: "
+                         "the graph walk runs one input; export it with a dynamic batch axis", radius=radius)
+        return None
 
     # -- helpers ------------------------------------------------------------------------------
     def forward(self, module: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -210,6 +249,10 @@ class TorchModel(ProbabilityModel):
     def from_state_dict(cls, path: str | Path, factory: Factory, **options: Any) -> TorchModel:
         """Build `factory()` and load the weights in `path` (weights-only) into it, strictly."""
         return _from_state_dict(Path(path), factory, options)
+
+
+def _failed(method: str, scope: str, radius: float | None, exc: Exception) -> Bound:
+    return Bound(None, method, scope, None, f"the graph walk failed ({type(exc).__name__}: {one_line(exc)})", radius=radius)
 
 
 def _from_state_dict(path: Path, factory: Factory, options: dict[str, Any], data_shape: tuple[int, ...] | None = None) -> TorchModel:

@@ -357,7 +357,7 @@ def test_sanity_bound_for_relu_networks() -> None:
     norms = [np.linalg.norm(m.weight.detach().double().numpy(), 2) for m in mlp if isinstance(m, nn.Linear)]
     model = fimaudit_torch.TorchModel(mlp, input_shape=(3, 4, 4))
     assert model.sanity_bound == pytest.approx(0.5 * np.prod(np.square(norms)), rel=1e-10)
-    assert model.identity.extra["lambda_max_bound"] == f"{model.sanity_bound:.6g}"
+    assert model.identity.extra["sequential_bound"] == f"{model.sanity_bound:.6g}"
     exact = model.exact_fisher(inputs(8, (3, 4, 4), seed=6))
     assert max(w.lambda_max for w in exact) <= model.sanity_bound
 
@@ -394,7 +394,7 @@ def test_no_sanity_bound_where_it_does_not_apply(files: dict[str, Path]) -> None
     batchnorm = nn.Sequential(nn.Flatten(), nn.Linear(48, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
     assert fimaudit_torch.TorchModel(batchnorm, input_shape=(3, 4, 4)).sanity_bound is None
     assert load("torchscript", files).sanity_bound is None  # no Python module structure to read
-    assert "lambda_max_bound" not in load("export", files).identity.extra
+    assert "sequential_bound" not in load("export", files).identity.extra
 
 
 # -- declared options and input dims the file leaves open ------------------------------------------
