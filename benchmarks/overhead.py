@@ -71,7 +71,11 @@ SPECS = {
     "resnet18-224": Spec("resnet18-224", (3, 224, 224), 8, "ResNet-18 body, random weights, 10 classes"),
     "resnet18-224-c1000": Spec("resnet18-224-c1000", (3, 224, 224), 4, "ResNet-18, random weights, 1000 classes"),
     "resnet-tiny": Spec("resnet-tiny", (3, 32, 32), 4, "width-8 ResNet-18 topology, 10 classes (dry runs)"),
+    "efficientnet-lite1": Spec("efficientnet-lite1", (3, 240, 240), 2,
+                               "EfficientNet-Lite1, third-party ImageNet weights (benchmarks/zoo_efficientnet.py), its photos"),
 }
+# The real zoo's third-party models (benchmarks/zoo_*.py), read from its cache: `prepare` builds it.
+ZOO = {"efficientnet-lite1": "zoo_efficientnet"}
 # (width, classes) of the ResNet-shaped specs.
 # resnet18-224 keeps 10 classes: with K = 1000 the estimators' K x K work (eigh, jackknife,
 # bootstrap) took ~100 s per input on the 2-core machine, which would measure that, not the GPU.
@@ -118,6 +122,8 @@ def inputs(spec: Spec, n: int) -> np.ndarray:
         from models import ensure_digits32
 
         return np.load(ensure_digits32().test)[:n]
+    if spec.name in ZOO:
+        return np.asarray(__import__(ZOO[spec.name]).prepare().inputs[:n], dtype=np.float32)
     return random_images(n, spec.shape)
 
 
@@ -128,6 +134,8 @@ def onnx_path(spec: Spec) -> Path:
         from models import ensure_digits32
 
         return ensure_digits32().onnx
+    if spec.name in ZOO:
+        return Path(__import__(ZOO[spec.name]).prepare().model_path)
     width, classes = RESNETS[spec.name]
     return resnet_onnx(f"{spec.name}_w{width}_c{classes}", width, spec.shape, classes)
 

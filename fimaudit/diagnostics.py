@@ -23,7 +23,19 @@ import numpy as np
 QUANTIZED_FRACTION = 0.2
 # Differences kept to test whether they all sit on one grid (integer multiples of the smallest).
 GRID_SAMPLE = 4096
+# Above this top probability the top class's change is read from the others' (the outputs sum to 1):
+# their rounding, eps * (1 - p_top) in all, is then below the top class's own, eps * p_top. Near
+# saturation this matters: a float32 p_top = 1 - 1e-11 never moves off 1.0 (its row reads 0 while the
+# true one is tiny), and its rounding eps / 2h would otherwise set a resolution level that forbids the
+# small steps a sharply curved network needs (docs/math.md, "Choosing the step").
+COMPLEMENT_ABOVE = 2 / 3
 _EPS = {"float16": float(np.finfo(np.float16).eps), "float32": float(np.finfo(np.float32).eps), "float64": float(np.finfo(np.float64).eps)}
+
+
+def complement_class(p: np.ndarray) -> int | None:
+    """The class whose output change is read from the others' (see COMPLEMENT_ABOVE), or None."""
+    top = int(np.argmax(p))
+    return top if p[top] > COMPLEMENT_ABOVE else None
 
 
 @dataclass
@@ -39,6 +51,12 @@ class ResolutionProbe:
     flags: list[str] = field(default_factory=list)
     steps: list[np.ndarray] = field(default_factory=list)
     kept: int = 0
+    # Read from the others, so its own pairs say nothing about quantisation (a pinned p_top = 1.0
+    # would otherwise count as a run of exactly-equal pairs).
+    complement: int | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.complement = complement_class(self.base)
 
     def repeat(self, again: np.ndarray) -> None:
         """Record the base output queried a second time."""
@@ -48,6 +66,8 @@ class ResolutionProbe:
 
     def pairs(self, plus: np.ndarray, minus: np.ndarray) -> None:
         """Record the outputs at x + hv and x − hv (or x) for a block of directions."""
+        if self.complement is not None:
+            plus, minus = np.delete(plus, self.complement, axis=-1), np.delete(minus, self.complement, axis=-1)
         live = (plus > 0) | (minus > 0)
         diff = np.abs(plus - minus)
         self.live_pairs += int(live.sum())
@@ -89,9 +109,13 @@ class ResolutionProbe:
             flags.append("quantized_outputs")
             floor = max(floor, self.min_step if np.isfinite(self.min_step) else 0.0)
         p = self.base
-        shown = p[p > 0]
-        q = np.maximum(eps * shown, floor)
-        visible = float(np.sum(np.minimum(q * q / shown, shown)))
+        q = np.maximum(eps * p, floor)
+        if self.complement is not None:
+            # Each other class's rounding (and any floor: noise, a grid) adds to the complement's.
+            rest = float(np.delete(p, self.complement).sum())
+            q[self.complement] = max(2 * eps * rest, floor * float(np.sqrt(p.size - 1)))
+        live = p > 0
+        visible = float(np.sum(np.minimum(q[live] ** 2 / p[live], p[live])))
         zeros = int((p == 0).sum())
         hidden = zeros * floor if floor > 0 else (eps * float(p.max()) if zeros else 0.0)
         if saturated:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,10 +33,15 @@ MAX_SHARD = 8
 MAX_TRIES = 4
 # Restarts Ray grants each actor before it is gone for good.
 MAX_RESTARTS = 4
+# A shard sent to an actor that Ray is still restarting comes back at once as unavailable: that is
+# not a new death, so it waits this long and goes to another worker, up to RESTART_WAITS times,
+# without spending one of its tries (under load a restart took long enough to use up all four).
+RESTART_WAIT_S = 0.5
+RESTART_WAITS = 240
 # Keeps a local Ray instance on the loopback interface (Ray binds the host's address otherwise).
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
-Accept = Callable[[SampleResult], None]
+Accept = Callable[[list[SampleResult]], None]  # a shard's finished samples, committed together
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,7 @@ def run_on_ray(
     model: ProbabilityModel, arr: np.ndarray, pending: Sequence[int], cfg: EstimatorConfig, tau: float,
     options: RayOptions, accept: Accept,
 ) -> None:
-    """Compute the samples at `pending` on Ray workers, handing each finished one to `accept`."""
+    """Compute the samples at `pending` on Ray workers, handing each finished shard to `accept`."""
     options.check()
     if not pending:
         return
@@ -223,9 +229,11 @@ def _schedule(
     workers = [actor.remote(blob, options.model_source, cfg, tau) for _ in range(options.workers)]
     inflight: dict[Any, tuple[int, list[int], int]] = {}  # ref -> (worker, shard, tries so far)
     load = [0] * len(workers)
+    waits = [0]  # shards sent back by a restarting actor, over the audit
 
-    def send(shard: list[int], tries: int) -> None:
-        w = min(range(len(workers)), key=load.__getitem__)  # the least busy worker
+    def send(shard: list[int], tries: int, avoid: int | None = None) -> None:
+        # The least busy worker, and not the one that just failed this shard when there is another.
+        w = min(range(len(workers)), key=lambda i: (i == avoid, load[i]))
         # Rows travel through the object store only when the workers cannot map the file themselves.
         rows = shared if shared is not None else np.ascontiguousarray(arr[np.asarray(shard, dtype=np.intp)])
         inflight[workers[w].compute.remote(shard, rows)] = (w, shard, tries)
@@ -238,29 +246,36 @@ def _schedule(
             [ref], _ = ray.wait(list(inflight), num_returns=1)
             w, shard, tries = inflight.pop(ref)
             load[w] -= 1
-            results = _fetch(ray, ref, shard, tries)
+            results, counted = _fetch(ray, ref, shard, tries, waits)
             if results is None:
-                queue.insert(0, (shard, tries + 1))  # its worker died: send the shard again, first
+                send(shard, tries + counted, avoid=w)  # its worker died or is restarting: again, elsewhere
                 continue
-            for result in results:
-                accept(result)  # the driver's accept drops a sample it already has: none is doubled
+            accept(results)  # the driver's accept drops a sample it already has: none is doubled
     finally:
         for handle in workers:
             ray.kill(handle)
 
 
-def _fetch(ray: Any, ref: Any, shard: list[int], tries: int) -> list[SampleResult] | None:
-    """A shard's results; None when its worker died before answering (the shard must be resent)."""
+def _fetch(ray: Any, ref: Any, shard: list[int], tries: int, waits: list[int]) -> tuple[list[SampleResult] | None, int]:
+    """(a shard's results, 0), or (None, tries it spent) when its worker died before answering or was
+    still restarting: the shard must be resent."""
     try:
         results: list[SampleResult] = ray.get(ref)
-        return results
+        return results, 0
+    except ray.exceptions.ActorUnavailableError as exc:
+        waits[0] += 1
+        if waits[0] > RESTART_WAITS:
+            raise QueryError(f"Ray workers stayed unavailable (restarting) for {RESTART_WAITS * RESTART_WAIT_S:g} s ({exc}).",
+                             "check the workers' logs; rerun to resume from the journal") from exc
+        time.sleep(RESTART_WAIT_S)
+        return None, 0
     except ray.exceptions.RayActorError as exc:
         if tries + 1 >= MAX_TRIES:
             raise QueryError(
                 f"Ray workers died {MAX_TRIES} times computing samples {shard[0]}..{shard[-1]} ({exc}).",
                 "check the workers' logs (out of memory? a crashing model?); rerun to resume from the journal",
             ) from exc
-        return None
+        return None, 1
     except ray.exceptions.RayTaskError as exc:
         cause = exc.cause
         if isinstance(cause, FimauditError):

@@ -15,8 +15,9 @@ from fimaudit.bounds import QUANTILES, epsilon_lower, inputs_needed, quantile_bo
 from fimaudit.adapter import ProbabilityModel
 from fimaudit.errors import DataError
 from fimaudit.estimators import SampleEstimate
+from fimaudit.lipschitz_bound import ALL_INPUTS, Bound
 
-SCHEMA_VERSION = "1.4"
+SCHEMA_VERSION = "1.5"
 
 
 # One line on each diagnostic flag a sample (or the model) can carry: printed after an audit, listed
@@ -47,6 +48,50 @@ class ToolInfo(_Model):
     version: str
 
 
+class ModelBound(_Model):
+    """An upper bound on lambda_max(F) at every input, from the model's graph and weights (audit --bound;
+    docs/math.md, "Bounds from the graph"). Schema 1.5."""
+
+    value: float | None = Field(
+        description="An upper bound on lambda_max(F(x)) at every input x in scope; null where the bound cannot be computed: "
+        "an operator without a certified rule (named in unsupported_operator), or a graph that cannot be read. Never a guess."
+    )
+    scope: str = Field(description="Where value holds: 'all inputs', or a stated input domain such as 'inputs with ||x||_2 <= R'.")
+    method: str = Field(description="How it was computed, and the last step's rule (1/2 L^2, or the last linear layer's row rule).")
+    lipschitz: float | None = Field(default=None, description="The bound L on the logit map's Lipschitz constant (||J_z||_2) it came from.")
+    unsupported_operator: str | None = Field(default=None, description="Where value is null: the first operator met that the bound cannot handle.")
+    reason: str | None = Field(default=None, description="Where value is null: why, in words.")
+    local: str = Field(description="What the samples' lambda_max_bound hold, or why they have none.")
+
+    @classmethod
+    def of(cls, bound: Bound, local: str) -> ModelBound:
+        return cls(value=bound.value, scope=bound.scope, method=bound.describe(), lipschitz=bound.lipschitz,
+                   unsupported_operator=bound.unsupported_op, reason=bound.reason, local=local)
+
+
+class SampleBound(_Model):
+    """An upper bound on lambda_max(F) around one audited input, from the model's graph and weights
+    (audit --bound). Schema 1.5."""
+
+    value: float | None = Field(
+        description="An upper bound on lambda_max(F(x')) at every x' with ||x' - x||_2 <= radius, x this input: so on the "
+        "true lambda_max(F(x)) that lambda_max estimates. Null where it cannot be computed (see unsupported_operator, reason)."
+    )
+    radius: float = Field(
+        description="The L2 radius of the ball around the input where value holds: the sample's step_norm, the length of its "
+        "finite-difference perturbations (0: at the input only)."
+    )
+    exact: bool = Field(default=False, description="True when value is lambda_max(F(x)) itself (radius 0, differentiable at x), not a bound.")
+    method: str = Field(description="How it was computed.")
+    unsupported_operator: str | None = Field(default=None, description="Where value is null: the operator the bound cannot handle.")
+    reason: str | None = Field(default=None, description="Where value is null: why, in words.")
+
+    @classmethod
+    def of(cls, bound: Bound, radius: float) -> SampleBound:
+        return cls(value=bound.value, radius=radius, exact=bound.exact, method=bound.describe(),
+                   unsupported_operator=bound.unsupported_op, reason=bound.reason)
+
+
 class ModelInfo(_Model):
     reference: str = Field(description="The model reference as given: file path or URL.")
     adapter: str
@@ -59,6 +104,10 @@ class ModelInfo(_Model):
         description="What the model outputs; logits are softmaxed in float64 by fimaudit."
     )
     extra: dict[str, str] = Field(default_factory=dict)
+    lambda_max_bound: ModelBound | None = Field(
+        default=None, description="With audit --bound: an upper bound on lambda_max at every input, from the model's graph and "
+        "weights; null when not asked for (and in reports before schema 1.5).",
+    )
 
     @classmethod
     def of(cls, model: ProbabilityModel) -> ModelInfo:
@@ -163,6 +212,11 @@ class AuditConfig(_Model):
     tau: float = Field(description="KL budget (nats) defining epsilon_tau = sqrt(2 tau / lambda_max).")
     bootstrap: int
     confidence: float
+    draws: Literal["rademacher", "gaussian"] = Field(
+        default="gaussian",
+        description="Law of the sketch's random directions where orthogonal groups do not apply: rademacher (random "
+        "signs, the default since fimaudit 0.3) or gaussian (reports from earlier versions, which lack this field).",
+    )
     interval_method: str
     input_space: str = Field(description="Units all figures are in: the model's own input space.")
     white_box: bool = Field(default=False, description="Whether white-box figures were computed beside the black-box ones.")
@@ -203,7 +257,7 @@ class SampleResult(_Model):
     queries: int
     method: Literal["sketch", "exact"]
     directions: int
-    directions_kind: Literal["orthogonal", "gaussian", "coordinate"]
+    directions_kind: Literal["orthogonal", "gaussian", "rademacher", "coordinate"]
     lambda_max_resolution: float = Field(
         description="Level below which lambda_max cannot be measured with this step and output resolution."
     )
@@ -251,6 +305,10 @@ class SampleResult(_Model):
     trace_white_box: float | None = Field(default=None, description="tr F from the model's own derivatives.")
     white_box_method: str | None = Field(
         default=None, description="How the white-box figures were computed: jacobian or lanczos (-float32 if not float64)."
+    )
+    lambda_max_bound: SampleBound | None = Field(
+        default=None, description="With audit --bound, where the adapter computes one: an upper bound on lambda_max(F) on a "
+        "ball around this input, from the model's graph and weights; null otherwise (and in reports before schema 1.5).",
     )
 
     @classmethod
@@ -452,6 +510,26 @@ def _tau_of(samples: list[SampleResult]) -> float | None:
         if s.epsilon_tau is not None and s.lambda_max > 0:
             return s.epsilon_tau**2 * s.lambda_max / 2
     return None
+
+
+def bound_at(sample: SampleResult, model_bound: ModelBound | None) -> float | None:
+    """The least bound (audit --bound) that holds at the sample's input: its local one, or the model's
+    where that holds at every input; None without either."""
+    local = sample.lambda_max_bound.value if sample.lambda_max_bound is not None else None
+    glob = model_bound.value if model_bound is not None and model_bound.scope == ALL_INPUTS else None
+    found = [v for v in (local, glob) if v is not None]
+    return min(found) if found else None
+
+
+def estimates_above_bound(report: AuditReport) -> list[int]:
+    """Indices of the samples whose interval lies wholly above a bound that holds at their input: there
+    the estimate carries an error (finite differences, sampling) larger than its interval says."""
+    out = []
+    for s in report.samples:
+        limit = bound_at(s, report.model.lambda_max_bound)
+        if limit is not None and s.lambda_max_ci[0] > limit:
+            out.append(s.index)
+    return out
 
 
 def json_schema() -> str:

@@ -55,8 +55,8 @@ TOLERANCE_RULE = (
     f"relative half-width. Never below {RECHECK_RTOL:g}. For a nondeterministic model: when the two intervals overlap "
     "(tolerance: the recorded interval's relative width). On the platform that made the report the figures are bit-identical."
 )
-# Computed beside the estimate on request (--white-box), never part of what is reproduced.
-_WHITE_BOX_FIELDS = frozenset({"lambda_max_white_box", "trace_white_box", "white_box_method"})
+# Computed beside the estimate on request (--white-box, --bound), never part of what is reproduced.
+_BESIDE_FIELDS = frozenset({"lambda_max_white_box", "trace_white_box", "white_box_method", "lambda_max_bound"})
 
 
 @dataclass(frozen=True)
@@ -245,7 +245,7 @@ def config_of(report: AuditReport, model: ProbabilityModel, stats: DataStats) ->
     witness = any(s.lambda_lower is not None for s in report.samples)
     cfg, _ = estimator_config(
         model, stats, directions=c.directions, step=c.step, scheme=c.scheme, estimator=c.estimator, seed=c.seed,
-        bootstrap=c.bootstrap, confidence=c.confidence, witness=witness, tau=c.tau,
+        bootstrap=c.bootstrap, confidence=c.confidence, witness=witness, tau=c.tau, draws=c.draws,
     )
     return replace(cfg, adaptive_step=c.step_relative is not None)  # the audit searched from c.step
 
@@ -286,7 +286,7 @@ def _same_figures(recorded: SampleResult, again: SampleResult) -> bool:
     """Every figure equal, as the journal re-check compares them (to 1e-9 relative)."""
 
     def figures(s: SampleResult) -> dict[str, Any]:
-        return {k: v for k, v in s.model_dump().items() if k not in _WHITE_BOX_FIELDS}
+        return {k: v for k, v in s.model_dump().items() if k not in _BESIDE_FIELDS}
 
     return first_difference(figures(recorded), figures(again)) is None
 

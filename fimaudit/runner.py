@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fimaudit._version import __version__
-from fimaudit.adapter import ExactFisher, ProbabilityModel, WhiteBoxModel
+from fimaudit.adapter import BoundedModel, ExactFisher, ProbabilityModel, WhiteBoxModel
 from fimaudit.data import SAMPLE_RULE, DataStats, check_inputs, digest, draw_sample, indices_sha256, input_scale, rows_digest
 from fimaudit.distributed import RayOptions, run_on_ray
 from fimaudit.engine import QueryEngine
@@ -25,7 +25,9 @@ from fimaudit.report import (
     AuditReport,
     DataInfo,
     JournalInfo,
+    ModelBound,
     ModelInfo,
+    SampleBound,
     SampleResult,
     Selection,
     ToolInfo,
@@ -56,6 +58,7 @@ def audit(
     scheme: str = "central",
     step: float | None = None,
     estimator: str = "auto",
+    draws: str = "rademacher",
     tau: float = 0.01,
     limit: int | None = None,
     sample: int | None = None,
@@ -71,6 +74,7 @@ def audit(
     journal_lock: JournalLock | None = None,
     ray: str | RayOptions | None = None,
     workers: int = 2,
+    bound: bool = False,
 ) -> AuditReport:
     """Audit `model` at each input of `x` (shape (n, *input_shape)) and return the report.
 
@@ -85,15 +89,19 @@ def audit(
     `limit=N` audits the first N inputs, `sample=N` N inputs drawn at random, committed by `seed` and
     the data's digest (data.draw_sample); either way a sample's numbers are those a full audit gives
     at its index, and the report's data.selection says which rows were audited.
+    `bound=True` asks the model (a BoundedModel: the torch and ONNX adapters) for an upper bound on
+    lambda_max at every input, and on a ball around each audited input where it has a local one; both are
+    computed here, after the samples (never on Ray workers or in the journal), and recorded beside them.
     """
-    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency, sample)
+    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency, sample, draws)
     check_batch_independence(model)  # load_model probes too; a model built in code is probed here
     exact_fisher = _white_box_function(model) if white_box else None
+    bounded = _bounded_model(model) if bound else None
     arr, stats = check_inputs(x, model.input_spec)
     # The step and its floor come from all the data, so --limit or --sample never change a sample's numbers.
     cfg, relative = estimator_config(
         model, stats, directions=directions, step=step, scheme=scheme, estimator=estimator, seed=seed,
-        bootstrap=bootstrap, confidence=confidence, witness=witness, tau=tau,
+        bootstrap=bootstrap, confidence=confidence, witness=witness, tau=tau, draws=draws,
     )
     rows, selection, audited_digest = choose_rows(arr, stats, limit=limit, sample=sample, seed=seed)
     binding = {"tool": __version__, "model": ModelInfo.of(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
@@ -109,10 +117,14 @@ def audit(
             book.close()
     if exact_fisher is not None:
         samples = _with_white_box(samples, exact_fisher(np.asarray(arr[np.asarray(rows, dtype=np.intp)])))
+    info = ModelInfo.of(model)
+    if bounded is not None:
+        model_bound, samples = with_bounds(bounded, arr, samples)
+        info = info.model_copy(update={"lambda_max_bound": model_bound})
     queries = sum(s.queries for s in samples)
     return AuditReport(
         tool=ToolInfo(version=__version__),
-        model=ModelInfo.of(model),
+        model=info,
         data=DataInfo(
             sha256=audited_digest, shape=[len(rows), *arr.shape[1:]], dtype=str(arr.dtype), source=data_source,
             selection=selection, population=describe_population(selection, len(arr), data_source),
@@ -120,7 +132,7 @@ def audit(
         config=AuditConfig(
             estimator=estimator, directions=directions, step=cfg.step, step_relative=relative,  # type: ignore[arg-type]
             step_rule=STEP_RULE if step is None else "fixed (given), checked by a pilot", scheme=scheme,  # type: ignore[arg-type]
-            seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence,
+            seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence, draws=cfg.draws,
             interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
         ),
         samples=samples,
@@ -130,7 +142,7 @@ def audit(
 
 def estimator_config(
     model: ProbabilityModel, stats: DataStats, *, directions: int, step: float | None, scheme: str, estimator: str,
-    seed: int, bootstrap: int, confidence: float, witness: bool, tau: float,
+    seed: int, bootstrap: int, confidence: float, witness: bool, tau: float, draws: str = "rademacher",
 ) -> tuple[EstimatorConfig, float | None]:
     """How every sample of an audit of data with these `stats` is estimated, and the step relative to
     the data's spread when it was derived from it. `fimaudit reproduce` rebuilds it the same way."""
@@ -150,6 +162,7 @@ def estimator_config(
     cfg = EstimatorConfig(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
         model.output_dtype, model.input_spec.dtype, adaptive_step=step is None, tau=tau, step_floor=floor,
+        draws=draws,  # type: ignore[arg-type]
     )
     return cfg, relative
 
@@ -208,18 +221,21 @@ def _run(
     model_flags = model_wide_flags(model)
     remote = [0]  # queries spent by Ray workers
 
-    def accept(result: SampleResult) -> None:
-        if result.index in results:
-            return  # a resent Ray shard can finish twice: each sample is recorded once
+    def accept(finished: list[SampleResult]) -> None:
+        # A resent Ray shard can finish twice: each sample is recorded once.
+        new = list({r.index: r for r in finished if r.index not in results}.values())
+        if not new:
+            return
         if book is not None:
-            book.commit(result)  # durable before it counts
-        results[result.index] = result
-        remote[0] += result.queries if shards is not None else 0
+            book.commit(new)  # durable before they count
+        for result in new:
+            results[result.index] = result
+            remote[0] += result.queries if shards is not None else 0
         if progress is not None:
             progress(len(results), len(rows), engine.queries + remote[0])
 
     def done(index: int, est: SampleEstimate) -> None:
-        accept(SampleResult.from_estimate(index, est, tau, model_flags, _norm(arr[index])))
+        accept([SampleResult.from_estimate(index, est, tau, model_flags, _norm(arr[index]))])
 
     start = time.perf_counter()
     tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in rows if i not in results)
@@ -358,6 +374,41 @@ def _white_box_function(model: ProbabilityModel) -> Callable[[np.ndarray], Seque
     return model.exact_fisher
 
 
+def _bounded_model(model: ProbabilityModel) -> BoundedModel:
+    """The model's own bounds (--bound), checked before any query is spent."""
+    if not isinstance(model, BoundedModel):
+        raise UsageError(
+            f"--bound needs a model whose graph and weights can be read; the '{model.identity.adapter}' adapter computes no bound.",
+            "audit a PyTorch (.pt2, .pt, a live nn.Module) or ONNX file, or drop --bound",
+        )
+    return model
+
+
+def with_bounds(model: BoundedModel, arr: np.ndarray, samples: list[SampleResult]) -> tuple[ModelBound, list[SampleResult]]:
+    """The model's global bound, and each sample with its local one where the adapter computes it:
+    on the L2 ball of radius step_norm around the input (the length of its finite-difference
+    perturbations), so it covers the true lambda_max at the input and every point the final step queried."""
+    found: list[SampleResult] = []
+    for s in samples:
+        radius = float(s.step_norm or 0.0)
+        local = model.local_lambda_max_bound(np.asarray(arr[s.index]), radius)
+        found.append(s if local is None else s.model_copy(update={"lambda_max_bound": SampleBound.of(local, radius)}))
+    asked = [s.lambda_max_bound for s in found if s.lambda_max_bound is not None]
+    if asked:
+        valued = sum(b.value is not None for b in asked)
+        note = (f"{valued} of {len(found)} samples bounded: sup of lambda_max(F(x')) over the L2 ball ||x' - x||_2 <= r around the "
+                "input x, r = the sample's step_norm (radius 0: at x itself)")
+        if valued < len(asked):
+            note += f"; {len(asked) - valued} null, each with its reason"
+    else:
+        note = f"none: the '{_adapter_name(model)}' adapter computes no local bound, only the global one"
+    return ModelBound.of(model.lambda_max_bound(), note), found
+
+
+def _adapter_name(model: BoundedModel) -> str:
+    return model.identity.adapter if isinstance(model, ProbabilityModel) else type(model).__name__
+
+
 def _with_white_box(samples: list[SampleResult], exact: Sequence[ExactFisher]) -> list[SampleResult]:
     """The black-box results with the white-box figures beside them (never instead of them)."""
     return [
@@ -382,6 +433,7 @@ def _input_space(model: ProbabilityModel) -> str:
 def _check_options(
     directions: int, scheme: str, estimator: str, tau: float, bootstrap: int, confidence: float,
     limit: int | None, step: float | None, seed: int, concurrency: int, sample: int | None = None,
+    draws: str = "rademacher",
 ) -> None:
     problems = [
         (not isinstance(concurrency, int) or concurrency < 1, f"concurrency must be an integer >= 1 (got {concurrency!r})"),
@@ -389,6 +441,7 @@ def _check_options(
         (not isinstance(directions, int) or directions < 2, f"directions must be an integer >= 2 (got {directions!r})"),
         (scheme not in ("auto", "central", "forward", "richardson"), f"scheme must be auto, central, forward or richardson (got {scheme!r})"),
         (estimator not in ("auto", "sketch", "exact"), f"estimator must be auto, sketch or exact (got {estimator!r})"),
+        (draws not in ("rademacher", "gaussian"), f"draws must be rademacher or gaussian (got {draws!r})"),
         (not (tau > 0 and math.isfinite(tau)), f"tau must be a positive number (got {tau!r})"),
         (bootstrap < 100, f"bootstrap must be >= 100 resamples (got {bootstrap!r})"),
         (not 0.5 <= confidence < 1, f"confidence must be in [0.5, 1) (got {confidence!r})"),

@@ -178,7 +178,7 @@ def test_orthonormal_columns_equal_householder_qr(shape: tuple[int, int]) -> Non
 @pytest.mark.parametrize("k, classes", [(300, 10), (60, 400), pytest.param(400, 300, marks=pytest.mark.slow)])  # the last: Lanczos branch
 def test_rank_coordinates_give_the_full_matrices_spectra(k: int, classes: int) -> None:
     """Jackknife, bootstrap and top vector in rank coordinates equal the K x K computations."""
-    from fimaudit.estimators import _rank_coordinates, bootstrap_lambdas, jackknife
+    from fimaudit.estimators import _rank_coordinates, bootstrap_lambdas, jackknife, resample_counts
 
     y = np.random.default_rng(k).standard_normal((k, classes)) * np.linspace(2, 0.1, classes)
     full = np.linalg.eigvalsh(y.T @ y / k)[-1]
@@ -188,6 +188,21 @@ def test_rank_coordinates_give_the_full_matrices_spectra(k: int, classes: int) -
     groups = np.array_split(np.arange(k), 20)
     leave_out = [np.linalg.eigvalsh(np.delete(y, g, axis=0).T @ np.delete(y, g, axis=0) / (k - len(g)))[-1] for g in groups]
     assert jackknife(us, full) == pytest.approx(20 * full - 19 * np.mean(leave_out), rel=1e-9)
-    counts = np.random.default_rng(5).multinomial(k, np.full(k, 1.0 / k), size=200).astype(float)
+    counts = resample_counts(k, 200, np.random.default_rng(5))
     direct = [np.linalg.eigvalsh(y.T @ (c[:, None] * y) / k)[-1] for c in counts]
     np.testing.assert_allclose(bootstrap_lambdas(us, 200, np.random.default_rng(5)), direct, rtol=1e-9)
+
+
+def test_resample_counts_follow_the_multinomial_law() -> None:
+    """Each resample draws k rows with replacement: counts sum to k, each row's count is
+    Binomial(k, 1/k) (mean 1, variance 1 - 1/k), two rows' counts covary by -1/k."""
+    from fimaudit.estimators import resample_counts
+
+    k, reps = 40, 20_000
+    counts = resample_counts(k, reps, np.random.default_rng(0))
+    assert counts.shape == (reps, k) and (counts.sum(axis=1) == k).all()
+    assert counts.mean() == pytest.approx(1.0, abs=0.01)
+    assert counts.var(axis=0).mean() == pytest.approx(1 - 1 / k, rel=0.03)
+    assert np.cov(counts[:, 0], counts[:, 1])[0, 1] == pytest.approx(-1 / k, abs=0.01)
+    reference = np.random.default_rng(1).multinomial(k, np.full(k, 1.0 / k), size=reps)
+    assert np.histogram(counts[:, 3], bins=range(8))[0] == pytest.approx(np.histogram(reference[:, 3], bins=range(8))[0], rel=0.1, abs=60)

@@ -168,3 +168,39 @@ def test_max_pool_ties_are_flagged_nondifferentiable() -> None:
                 jac = w @ select
                 first = np.linalg.eigvalsh(jac.T @ (np.diag(p) - np.outer(p, p)) @ jac)[-1]
                 assert s.lambda_max_ci[0] <= first <= s.lambda_max_ci[1]
+
+
+def test_pinned_top_class_does_not_block_small_steps() -> None:
+    """float32 probabilities of a confident two-class model: p_top = 1 - 1e-10 rounds to 1.0 and never
+    moves, while the other class carries all of F and the logit curves at a scale of 1e-3 (like the
+    saturated inputs of the third-party text-direction classifier, docs/benchmarks/real_models_split.md).
+    Read directly, the pinned class's rounding (eps / 2h) set a resolution level that stopped the step
+    at 3.5e-3: lambda_max was 94% low with an interval excluding the truth. Read from the other class
+    (the outputs sum to 1), its rounding is that class's, and the step goes down to where the logit is
+    linear."""
+    d = 32
+    rng = np.random.default_rng(0)
+    u = rng.standard_normal(d)
+    u /= np.linalg.norm(u)
+    height, scale, offset = 0.03, 1e-3, 23.0
+
+    def logit_gap(x: np.ndarray) -> np.ndarray:
+        return offset + height * np.tanh((np.asarray(x, np.float64) @ u - 0.5) / scale)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        small = 1 / (1 + np.exp(logit_gap(x)))
+        return np.stack([1 - small, small], axis=1).astype(np.float32)
+
+    x = rng.uniform(0, 1, (4, d))
+    x = (x + np.outer(0.5 - x @ u, u)).astype(np.float32)  # at the tanh's centre, where it curves most
+    assert (predict(x)[:, 0] == 1.0).all()
+    model = fimaudit.CallableModel(predict, fimaudit.InputSpec(shape=(d,), dtype="float32"), num_classes=2, output_dtype="float32")
+    report = fimaudit.audit(model, x, directions=64, seed=0)
+    for row, s in zip(x, report.samples):
+        t = np.tanh((row.astype(np.float64) @ u - 0.5) / scale)
+        small = 1 / (1 + np.exp(logit_gap(row[None])[0]))
+        exact = small * (1 - small) * (height / scale * (1 - t * t)) ** 2  # F = p1 p2 grad g grad g^T
+        assert s.method == "exact" and "quantized_outputs" not in s.flags
+        assert abs(s.lambda_max / exact - 1) < 0.02
+        assert s.lambda_max_ci[0] <= exact <= s.lambda_max_ci[1]
+        assert s.step < 1e-4

@@ -77,6 +77,10 @@ def audit(
         "convergence search, and a fixed one is still checked.",
     ),
     estimator: str = typer.Option("auto", "--estimator", metavar="NAME", help="auto (exact when the input is small enough), sketch or exact."),
+    draws: str = typer.Option(
+        "rademacher", "--draws", metavar="LAW",
+        help="Law of the random directions: rademacher (random signs, cheap) or gaussian (fimaudit 0.2's); same accuracy.",
+    ),
     tau: float = typer.Option(0.01, "--tau", metavar="NATS", help="KL budget in nats for the radius epsilon_tau = sqrt(2 tau / lambda_max)."),
     outputs: Optional[str] = typer.Option(
         None, "--outputs", metavar="KIND",
@@ -112,6 +116,11 @@ def audit(
     white_box: bool = typer.Option(
         False, "--white-box",
         help="Also compute lambda_max from the model's own gradients (PyTorch models), to check the estimate.",
+    ),
+    bound: bool = typer.Option(
+        False, "--bound",
+        help="Also bound lambda_max from the model's graph and weights (PyTorch and ONNX files): at every input, and on "
+        "the ball of each input's step where the adapter can (PyTorch); null with the operator named where it cannot.",
     ),
     input_shape: Optional[str] = typer.Option(
         None, "--input-shape", metavar="SHAPE",
@@ -158,8 +167,8 @@ def audit(
                 with progress_bar(quiet) as progress:
                     report = run_audit(
                         loaded, inputs.x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
-                        tau=tau, limit=limit, sample=sample, concurrency=concurrency, data_source=path_text(data), progress=progress,
-                        journal=book, restart=restart, white_box=white_box, journal_lock=lock,
+                        draws=draws, tau=tau, limit=limit, sample=sample, concurrency=concurrency, data_source=path_text(data), progress=progress,
+                        journal=book, restart=restart, white_box=white_box, journal_lock=lock, bound=bound,
                         ray=ray_options(ray_address, workers, gpus_per_worker, model, options),
                     )
             finally:
