@@ -37,6 +37,7 @@ from fimaudit.differences import (
     decide_scheme,
     pilot_lambda,
     relative_gap,
+    binary_step,
     resolvable,
     widen,
 )
@@ -153,6 +154,8 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     # The witness aligns with the worst direction only to about k/d: below k = d/64 it says nothing.
     want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES and k * WITNESS_MIN_RATIO >= d
     kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
+    if kind == "rademacher" and cfg.adaptive_step:
+        choice = replace(choice, step=binary_step(choice.step))
     if method == "exact":
         # Coordinate directions put the whole step on one input at a time, where random pilot
         # directions spread it: a network sharply curved along a few inputs is only seen here.

@@ -2,12 +2,16 @@
 reports made before signs existed (which must still reproduce)."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from cli_helpers import run
 
 import fimaudit
 from fimaudit import CallableModel, InputSpec
+from fimaudit.diagnostics import ResolutionProbe
+from fimaudit.differences import FiniteDifferences, binary_step
 from fimaudit.report import AuditConfig
 
 D, CLASSES = 8192, 4  # k <= 256 < d / 16: i.i.d. directions, not orthogonal groups
@@ -86,3 +90,50 @@ def test_the_cli_takes_draws(tmp_path) -> None:  # type: ignore[no-untyped-def]
     assert fimaudit.AuditReport.model_validate_json(out.read_text()).config.draws == "gaussian"
     bad = run("audit", str(onnx), "--data", str(data), "--limit", "1", "--draws", "sobol", "--out", str(tmp_path / "b.json"), "--quiet")
     assert bad.returncode == 2 and "draws must be rademacher or gaussian" in bad.stderr + bad.stdout
+
+
+def _jvps(fd: FiniteDifferences, directions: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    task = fd.jvp(directions)
+    batch = next(task)
+    try:
+        task.send(predict_fn(batch))
+    except StopIteration as stop:
+        return np.asarray(stop.value)
+    raise AssertionError("the JVP generator asked for a second batch")
+
+
+def test_sign_steps_are_powers_of_two_so_perturbed_inputs_are_exact() -> None:
+    """With signs every coordinate moves by exactly h; float32 rounds x + h by the same relative amount
+    on every coordinate of a binade, so a step of ~10 ulps biases the JVPs by a few percent (not noise).
+    A power-of-two step is a whole number of ulps: the JVPs of a linear-logit model match A v."""
+    rng = np.random.default_rng(1)
+    d, k = 4096, 64
+    w = rng.standard_normal((CLASSES, d)) / np.sqrt(d)
+
+    def linear(x: np.ndarray) -> np.ndarray:
+        z = np.asarray(x, np.float64).reshape(len(x), -1) @ w.T
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    x = rng.uniform(1.0, 2.0, d).astype(np.float32)  # one binade: ulp 1.19e-7 everywhere
+    p = linear(x[None])[0]
+    signs = rng.choice(np.array([-1.0, 1.0], np.float32), size=(k, d))
+    logits = signs @ w.T  # J v of the logits; of log p: minus their p-weighted mean
+    exact = (logits - (logits @ p)[:, None]) * np.sqrt(p)
+    assert binary_step(2.2e-6) == 2.0**-19 and binary_step(2.0**-19) == 2.0**-19
+    for h, tolerance in ((2.2e-6, None), (binary_step(2.2e-6), 2e-3)):
+        fd = FiniteDifferences(x.astype(np.float64), (d,), p, h, "central", ResolutionProbe(p, "float32"), "float32")
+        got = _jvps(fd, signs, linear)
+        scale = float(np.sum(got * exact) / np.sum(exact * exact))  # the common factor the rounding applied
+        if tolerance is None:
+            assert abs(scale - 1) > 0.01  # 2.2e-6 is 18.5 ulps: every coordinate moved by 18 or 19 of them
+        else:
+            assert abs(scale - 1) < tolerance
+            assert np.linalg.norm(got - exact) < 1e-2 * np.linalg.norm(exact)
+
+
+def test_adaptive_steps_with_signs_are_powers_of_two() -> None:
+    report = fimaudit.audit(MODEL, X[:3].astype(np.float32), directions=64, seed=0)
+    for s in report.samples:
+        assert s.directions_kind == "rademacher"
+        assert s.step is not None and np.log2(s.step) == np.floor(np.log2(s.step))
