@@ -206,7 +206,8 @@ def to_torch(path: Path) -> torch.nn.Module:
     """onnx2torch conversion; Constant nodes become initializers (onnx2torch reads weights there)."""
     import onnx
 
-    if importlib.util.find_spec("torchvision") is None:
+    # A second call finds the stub below in sys.modules (find_spec raises on its missing __spec__).
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
         # onnx2torch imports torchvision for its NMS / RoIAlign converters only (unused here); a CUDA
         # torchvision wheel from PyPI does not load against the CPU torch, so stand in a stub module.
         stub, ops = types.ModuleType("torchvision"), types.ModuleType("torchvision.ops")

@@ -206,3 +206,22 @@ def test_resample_counts_follow_the_multinomial_law() -> None:
     assert np.cov(counts[:, 0], counts[:, 1])[0, 1] == pytest.approx(-1 / k, abs=0.01)
     reference = np.random.default_rng(1).multinomial(k, np.full(k, 1.0 / k), size=reps)
     assert np.histogram(counts[:, 3], bins=range(8))[0] == pytest.approx(np.histogram(reference[:, 3], bins=range(8))[0], rel=0.1, abs=60)
+
+
+@pytest.mark.parametrize("spectrum", ["separated", "tied", "crowded"])
+def test_batched_lanczos_matches_full_spectra(spectrum: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bootstrap's top eigenvalues for r > DENSE_RANK (batched_top) equal eigvalsh's, for a separated
+    top, a three-way tie and a crowded top; and the ARPACK fallback, forced by a step cap, agrees too."""
+    from fimaudit import estimators
+    from fimaudit.estimators import batched_top, resample_counts
+
+    rng = np.random.default_rng(7)
+    k, r = 300, 80
+    scales = {"separated": np.linspace(3, 0.1, r), "tied": np.r_[np.full(3, 2.0), np.linspace(1.5, 0.1, r - 3)],
+              "crowded": 1 + 1e-3 * rng.standard_normal(r)}[spectrum]
+    us = rng.standard_normal((k, r)) * scales
+    weights = resample_counts(k, 40, rng) / k
+    direct = np.array([np.linalg.eigvalsh(us.T @ (w[:, None] * us))[-1] for w in weights])
+    np.testing.assert_allclose(batched_top(us, weights), direct, rtol=1e-9)
+    monkeypatch.setattr(estimators, "LANCZOS_MAX_STEPS", 3)
+    np.testing.assert_allclose(batched_top(us, weights[:4]), direct[:4], rtol=1e-8)
