@@ -1,6 +1,7 @@
 """fimaudit.audit: run the estimators over many inputs and assemble the report."""
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -33,6 +34,7 @@ from fimaudit.report import (
     ToolInfo,
     summarize,
 )
+from fimaudit.threads import single_threaded_blas
 
 # Where each sample's step search starts, relative to the data's spread (by output precision): the
 # textbook h ~ eps_out^(1/3). On real trained networks this is far outside the local regime, so it
@@ -240,12 +242,14 @@ def _run(
     start = time.perf_counter()
     tasks = ((i, estimate_sample(arr[i], i, cfg)) for i in rows if i not in results)
     try:
-        # The journal is checked before this run spends a query on samples of its own.
-        rechecked = _recheck(engine, arr, cfg, tau, resumed, active, book)
-        if shards is None:
-            engine.run(tasks, done, max_active=active)
-        else:
-            run_on_ray(model, arr, [i for i in rows if i not in results], cfg, tau, shards, accept)
+        # Local runs share the cores with the model's own thread pool (fimaudit/threads.py).
+        with single_threaded_blas() if shards is None else contextlib.nullcontext():
+            # The journal is checked before this run spends a query on samples of its own.
+            rechecked = _recheck(engine, arr, cfg, tau, resumed, active, book)
+            if shards is None:
+                engine.run(tasks, done, max_active=active)
+            else:
+                run_on_ray(model, arr, [i for i in rows if i not in results], cfg, tau, shards, accept)
     finally:
         engine.close()
     return [results[i] for i in sorted(results)], engine.queries + remote[0], time.perf_counter() - start, rechecked
