@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,7 +31,8 @@ Control = tuple[Callable[[], int], Callable[[int], None]]
 def numpy_blas_libraries(maps: Path = Path("/proc/self/maps")) -> list[Path]:
     """The OpenBLAS shared libraries numpy and scipy have loaded into this process."""
     try:
-        lines = maps.read_text().splitlines()
+        # Bytes, decoded as the OS names files: a mapped file's name need not be UTF-8.
+        lines = os.fsdecode(maps.read_bytes()).splitlines()
     except OSError:
         return []
     found = {Path(line.split()[-1]) for line in lines if len(line.split()) >= 6 and "openblas" in line.split()[-1].lower()}

@@ -47,3 +47,10 @@ def test_no_maps_file_means_nothing_is_touched(tmp_path) -> None:  # type: ignor
     maps = tmp_path / "maps"
     maps.write_text("7f00-7f01 r-xp 00000000 08:01 1 /usr/lib/x86_64-linux-gnu/libopenblas.so.0\n")
     assert numpy_blas_libraries(maps) == []  # a system OpenBLAS (a framework's, perhaps) is left alone
+
+
+def test_a_mapped_file_with_a_non_utf8_name_is_no_problem(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    maps = tmp_path / "maps"
+    maps.write_bytes(b"7f00-7f01 r--p 00000000 08:01 2 /data/x\xff.npy\n"
+                     b"7f02-7f03 r-xp 00000000 08:01 3 /venv/site-packages/numpy.libs/libscipy_openblas64_-1.so\n")
+    assert [p.name for p in numpy_blas_libraries(maps)] == ["libscipy_openblas64_-1.so"]
