@@ -710,7 +710,7 @@ def _classify_function(w: _Walker, n: torch.fx.Node) -> tuple[str, Handler, Any]
         torch.cat: (_h_cat, None), torch.concat: (_h_cat, None), torch.stack: (_h_cat, None),
         operator.matmul: (_h_matmul, None), torch.matmul: (_h_matmul, None), torch.bmm: (_h_matmul, None),
         F.linear: (_h_linear_fn, None), F.conv1d: (_h_conv_fn, None), F.conv2d: (_h_conv_fn, None), F.conv3d: (_h_conv_fn, None),
-        F.batch_norm: (_h_batchnorm_fn, None), F.layer_norm: (_h_layernorm_fn, None),
+        F.batch_norm: (_h_batchnorm_call, _FN_BN_ARGS), F.layer_norm: (_h_layernorm_fn, None),
         F.softmax: (_h_softmax, None), torch.softmax: (_h_softmax, None),
         F.log_softmax: (_h_log_softmax, None), torch.log_softmax: (_h_log_softmax, None),
         F.avg_pool1d: (_h_nonnegative, None), F.avg_pool2d: (_h_nonnegative, None), F.avg_pool3d: (_h_nonnegative, None),
@@ -738,7 +738,7 @@ def _aten_tables() -> tuple[dict[Any, tuple[Handler, Any]], dict[Any, str], set[
     a = torch.ops.aten
     handlers: dict[Any, tuple[Handler, Any]] = {
         a.conv1d.default: (_h_conv_fn, None), a.conv2d.default: (_h_conv_fn, None), a.conv3d.default: (_h_conv_fn, None),
-        a.linear.default: (_h_linear_fn, None), a.batch_norm.default: (_h_aten_batchnorm, None), a.layer_norm.default: (_h_layernorm_fn, None),
+        a.linear.default: (_h_linear_fn, None), a.batch_norm.default: (_h_batchnorm_call, _ATEN_BN_ARGS), a.layer_norm.default: (_h_layernorm_fn, None),
         a.add.Tensor: (_h_add, 1.0), a.sub.Tensor: (_h_add, -1.0), a.neg.default: (_h_scale, -1.0), a.mul.Tensor: (_h_mul, None),
         a.div.Tensor: (_h_div, None), a.cat.default: (_h_cat, None), a.stack.default: (_h_cat, None),
         a.matmul.default: (_h_matmul, None), a.bmm.default: (_h_matmul, None), a.softmax.int: (_h_softmax, None),
@@ -1075,21 +1075,17 @@ def _h_batchnorm(w: _Walker, n: torch.fx.Node, result: Tensor, spec: tuple[Any, 
     return _bn_val(w, n, _only_data(w, n), weight, bias, mean, var, float(eps), result)
 
 
-def _h_aten_batchnorm(w: _Walker, n: torch.fx.Node, result: Tensor, _: Any) -> _Val:
-    """aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)."""
-    if bool(_arg(n, 5, "training", False)):
-        raise Unsupported("batch_norm", "training-mode batch norm normalises by the batch")
-    get = w.center
-    return _bn_val(w, n, _only_data(w, n), get(_arg(n, 1, "weight", None)), get(_arg(n, 2, "bias", None)),
-                   get(_arg(n, 3, "running_mean", None)), get(_arg(n, 4, "running_var", None)), float(_arg(n, 7, "eps", 1e-5)), result)
+# Positions of (weight, bias, running_mean, running_var) in the two batch_norm calls; both have
+# training at 5 and eps at 7.
+_ATEN_BN_ARGS = (1, 2, 3, 4)  # aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn)
+_FN_BN_ARGS = (3, 4, 1, 2)  # F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
 
 
-def _h_batchnorm_fn(w: _Walker, n: torch.fx.Node, result: Tensor, _: Any) -> _Val:
+def _h_batchnorm_call(w: _Walker, n: torch.fx.Node, result: Tensor, at: tuple[int, int, int, int]) -> _Val:
     if bool(_arg(n, 5, "training", False)):
         raise Unsupported("batch_norm", "training-mode batch norm normalises by the batch")
-    get = w.center
-    return _bn_val(w, n, _only_data(w, n), get(_arg(n, 3, "weight", None)), get(_arg(n, 4, "bias", None)),
-                   get(_arg(n, 1, "running_mean", None)), get(_arg(n, 2, "running_var", None)), float(_arg(n, 7, "eps", 1e-5)), result)
+    weight, bias, mean, var = (w.center(_arg(n, i, name, None)) for i, name in zip(at, ("weight", "bias", "running_mean", "running_var")))
+    return _bn_val(w, n, _only_data(w, n), weight, bias, mean, var, float(_arg(n, 7, "eps", 1e-5)), result)
 
 
 def _bn_val(w: _Walker, n: torch.fx.Node, x: torch.fx.Node, weight: Any, bias: Any, mean: Any, var: Any, eps: float, result: Tensor) -> _Val:
