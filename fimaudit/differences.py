@@ -19,7 +19,7 @@ from typing import Literal
 
 import numpy as np
 
-from fimaudit.diagnostics import COMPLEMENT_ABOVE, ResolutionProbe, complement_class
+from fimaudit.diagnostics import COMPLEMENT_ABOVE, ResolutionProbe
 
 Scheme = Literal["central", "forward", "richardson"]
 # What the user asks for: a scheme, or "auto" (central pilot; forward where it is unbiased, see decide_scheme).
@@ -115,7 +115,7 @@ class FiniteDifferences:
         self.probe.pairs(parts[0], parts[1] if len(parts) > 1 else np.broadcast_to(self.p, parts[0].shape))
         if len(parts) == 4:  # Richardson: the h/2 pair carries the largest weight
             self.probe.pairs(parts[2], parts[3])
-        top = complement_class(self.p)
+        top = self.probe.complement  # the probe's base is self.p: the class its pair counts leave out
         logs = [log_probabilities(part, top) for part in parts]
         base = log_probabilities(self.p, top)
         h = self.step
