@@ -6,7 +6,10 @@ Parts (figures in DIR/arithmetic.json, page DIR/arithmetic.md):
          competes with a local model's inference for the cores), driven directly by a cheap float32
          stand-in model whose calls are timed and subtracted (benchmarks/scheme_auto.py's), central
          differences, at d = 12,288 (3x64x64) and d = 150,528 (3x224x224), k = 256. Arms:
-         draws = gaussian (the law before this change) and rademacher (the default now).
+         draws = gaussian (the law before this change) and rademacher (the default now); and rademacher
+         with the counter generator (issue 19's device path): the estimator yields Perturbations that a
+         device model forms itself, so the stand-in forms them (its time subtracted, as a GPU's would not
+         be the host's) and what remains is the host's share of a GPU audit.
   parts  the pieces alone, best of 7: 256 x 12,288 normal draws against sign bits; the bootstrap's
          1000 x 256 multinomial counts by rng.multinomial (before) and by estimators.resample_counts.
   law    the sketch's error and interval coverage with exact JVPs Y = V A^T, V Gaussian or signs, the
@@ -35,35 +38,40 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fimaudit  # noqa: E402
 from fimaudit.estimators import EstimatorConfig, estimate_sample, resample_counts, sketch_statistics  # noqa: E402
+from fimaudit.perturbations import Perturbations  # noqa: E402
 from scheme_auto import drive, stand_in  # noqa: E402
 
 SPECTRA = {"separated (1, 0.3, 0.1, 0.01)": [1.0, 0.3, 0.1, 0.01], "close (1, 0.9, 0.5, 0.1)": [1.0, 0.9, 0.5, 0.1],
            "tied (1, 1, 1, 0.5)": [1.0, 1.0, 1.0, 0.5]}
 
 
-def time_arm(draws: str, shape: tuple[int, ...], n: int, k: int = 256) -> dict[str, Any]:
+def time_arm(draws: str, shape: tuple[int, ...], n: int, k: int = 256, generator: str = "numpy") -> dict[str, Any]:
     d = int(np.prod(shape))
-    predict = stand_in(d)
+    model = stand_in(d)
+
+    def predict(batch: Any) -> np.ndarray:  # Perturbations are formed "on the device": model time
+        return model(batch.materialize() if isinstance(batch, Perturbations) else batch)
+
     x = np.random.default_rng(3).uniform(0, 1, (n, *shape)).astype(np.float32)
     cfg = EstimatorConfig(directions=k, step=1e-2 * float(np.std(x)), input_dtype="float32", output_dtype="float32",
-                          draws=draws)  # type: ignore[arg-type]
+                          draws=draws, generator=generator)  # type: ignore[arg-type]
     drive(estimate_sample(x[0], 0, cfg), predict)  # warm caches and BLAS
     per = []
     for i, xi in enumerate(x):
         t0 = time.process_time()
         est, model_cpu = drive(estimate_sample(xi, i, cfg), predict)
         per.append(time.process_time() - t0 - model_cpu)
-    return dict(draws=draws, d=d, k=k, n=n, kind=est.directions_kind, ms_median=1e3 * float(np.median(per)),
+    return dict(draws=draws, generator=generator, d=d, k=k, n=n, kind=est.directions_kind, ms_median=1e3 * float(np.median(per)),
                 ms_min=1e3 * float(np.min(per)))
 
 
 def part_time(quick: bool) -> list[dict[str, Any]]:
     rows = []
     for shape, n in (((3, 64, 64), 8 if quick else 24), ((3, 224, 224), 3 if quick else 6)):
-        for draws in ("gaussian", "rademacher"):
-            rows.append(time_arm(draws, shape, n))
+        for draws, generator in (("gaussian", "numpy"), ("rademacher", "numpy"), ("rademacher", "counter")):
+            rows.append(time_arm(draws, shape, n, generator=generator))
             r = rows[-1]
-            print(f"time d={r['d']} {draws}: {r['ms_median']:.1f} ms/input (min {r['ms_min']:.1f})", flush=True)
+            print(f"time d={r['d']} {draws} {generator}: {r['ms_median']:.1f} ms/input (min {r['ms_min']:.1f})", flush=True)
     return rows
 
 
@@ -137,10 +145,12 @@ def render(data: dict[str, Any]) -> str:
         lines += ["## Arithmetic per input (k = 256, central differences)", "",
                   "CPU time (all threads) of `estimate_sample` driven directly, minus the stand-in model's calls. "
                   "Both arms use the new bootstrap counts; `gaussian` is the direction law before this change. "
-                  "Target at d = 12,288: ≤ 35 ms.", "",
-                  "| d | draws | inputs | ms per input (median) | min |", "|---|---|---|---|---|"]
+                  "Target at d = 12,288: ≤ 35 ms. Generator `counter`: the device path, where the model forms the "
+                  "perturbed inputs (their forming is counted as the model's time, as on a GPU it is not the host's).", "",
+                  "| d | draws | generator | inputs | ms per input (median) | min |", "|---|---|---|---|---|---|"]
         for r in data["time"]:
-            lines.append(f"| {r['d']:,} | {r['draws']} | {r['n']} | {r['ms_median']:.1f} | {r['ms_min']:.1f} |")
+            lines.append(f"| {r['d']:,} | {r['draws']} | {r.get('generator', 'numpy')} | {r['n']} | {r['ms_median']:.1f} | "
+                         f"{r['ms_min']:.1f} |")
         lines.append("")
     if "parts" in data:
         lines += ["## The pieces alone (best of 7)", "", "| piece | ms |", "|---|---|"]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The overhead benchmark on a GPU: fimaudit's audit against raw batched inference of the same
 # batches, a ResNet-18 body (random weights, 10 classes) at 3x224x224 and at 3x64x64 on CUDA, queries/s and the
-# audit/raw ratio (benchmarks/overhead.py). Prepared for a session lent a GPU machine (the device
+# audit/raw ratio (benchmarks/overhead.py), twice: with the host path (numpy forms every perturbed input)
+# and with the device path (--generator counter: the torch adapter forms them on the GPU; issue 19). Prepared for a session lent a GPU machine (the device
 # tool); writes everything under $OUT and finishes in under 8 minutes.
 #
 # Through the torch adapter, not onnxruntime: the machine's onnxruntime is the CPU build, and the
@@ -9,7 +10,8 @@
 #
 # Here, once:   bash benchmarks/gpu_wheels.sh        (pydantic, cryptography, rfc8785 ... into .whl/)
 # On the GPU:   device run, carry [".whl"], command: bash benchmarks/gpu.sh     (timeout_s 540)
-# Dry run here: bash benchmarks/gpu.sh --cpu          (tiny model on the CPU, checks the plumbing)
+# Dry run here: bash benchmarks/gpu.sh --cpu          (tiny model on the CPU, checks the plumbing; k = 128 < d/16
+#               so that sign directions, and with them the device path, are used)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=gpu
@@ -41,9 +43,12 @@ export PYTHONPATH=$PWD:$PWD/adapters/torch:$PWD/adapters/onnx${PYTHONPATH:+:$PYT
 if [[ $MODE == gpu ]]; then
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 2
   # 1. The GPU figures: ResNet-18 at 224 (d = 150,528, 1000 classes) and at 64 (d = 12,288, 10 classes).
-  timeout 330 "$PY" benchmarks/overhead.py --backend torch --device cuda --models resnet18-64,resnet18-224 \
+  timeout 200 "$PY" benchmarks/overhead.py --backend torch --device cuda --models resnet18-64,resnet18-224 \
+    --samples 8 --repeats 3 --generator counter --out "$OUT/gpu_overhead_device"
+  echo "step 1 (device path) exit $? at $((SECONDS - started)) s"
+  timeout $((330 - (SECONDS - started))) "$PY" benchmarks/overhead.py --backend torch --device cuda --models resnet18-64,resnet18-224 \
     --samples 8 --repeats 3 --out "$OUT/gpu_overhead"
-  echo "step 1 exit $? at $((SECONDS - started)) s"
+  echo "step 1b (host path) exit $? at $((SECONDS - started)) s"
   # 2. If time is left: the CPU table's realistic model with onnxruntime (CPU build) on this machine's
   #    16 otherwise idle cores, a quiet-machine reference for docs/benchmarks/overhead.md.
   if (( SECONDS - started < 300 )); then
@@ -52,7 +57,9 @@ if [[ $MODE == gpu ]]; then
   fi
 else
   timeout 300 "$PY" benchmarks/overhead.py --backend torch --device cpu --models resnet-tiny \
-    --samples 4 --repeats 1 --out "$OUT/gpu_overhead"
+    --samples 4 --repeats 1 --directions 128 --generator counter --out "$OUT/gpu_overhead_device"
+  timeout 300 "$PY" benchmarks/overhead.py --backend torch --device cpu --models resnet-tiny \
+    --samples 4 --repeats 1 --directions 128 --out "$OUT/gpu_overhead"
   echo "dry run exit $? at $((SECONDS - started)) s"
 fi
 ls -la "$OUT"

@@ -11,6 +11,10 @@ raw outputs). Then four things are timed, interleaved within each round, best of
   audit, BLAS 1 thread: the audit again with numpy's BLAS limited to one thread (threadpoolctl),
             to show how much of the excess is the estimators' BLAS threads and the framework's
             threads competing for the same cores.
+With --generator counter (the torch adapter on CUDA: issue 19's device path) the sketch's perturbed
+inputs are formed on the device (fimaudit.perturbations); the recording then forms each batch on the
+host once, untimed, so that *raw* runs exactly the inputs the device formed, sent from host memory as
+a user without fimaudit would; *raw, resident* runs them already on the device (inference alone).
 audit/raw is the overhead (target <= 1.10); queries/s = rows / seconds. A cProfile of the no-model
 audit names the functions that the non-inference time goes to (the main thread, where the
 estimators run; the adapter's casts run on the engine's worker thread and are the adapter column).
@@ -46,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fimaudit  # noqa: E402
-from fimaudit.adapter import ModelIdentity, ProbabilityModel  # noqa: E402
+from fimaudit.adapter import ModelIdentity, ProbabilityModel, Request, materialize, to_probabilities  # noqa: E402
 from speed_models import best_of, calibrate_logits, machine, random_images, resnet_like, resnet_onnx  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks" / "overhead"
@@ -91,6 +95,9 @@ class Subject:
     raw: Callable[[Batch], np.ndarray]
     x: np.ndarray
     framework: str
+    # Moves a host batch to where the model runs (torch: the device), for the *raw, resident* timing.
+    upload: Callable[[Batch], Any] | None = None
+    resident: Callable[[Any], object] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,8 @@ class Row:
     adapter_s: float
     no_model_s: float
     audit_blas1_s: float
+    generator: str = "numpy"
+    raw_resident_s: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -173,12 +182,22 @@ def torch_subject(spec: Spec, n: int, device: str) -> Subject:
         with torch.inference_mode():
             return net(torch.from_numpy(batch).to(dev)).cpu().numpy()
 
-    return Subject(spec, model, raw, inputs(spec, n), f"torch {torch.__version__} {device}")
+    def resident(batch: Any) -> object:
+        with torch.inference_mode():
+            out = net(batch)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    return Subject(spec, model, raw, inputs(spec, n), f"torch {torch.__version__} {device}",
+                   upload=lambda b: torch.from_numpy(b).to(dev), resident=resident)
 
 
 # -- recording and replaying the audit's batches ------------------------------------------------
-def batch_key(batch: Batch) -> bytes:
+def batch_key(batch: Batch | list[Request]) -> bytes:
     """Identifies a batch by its size and three of its rows: cheap next to any inference."""
+    if isinstance(batch, list):
+        batch = materialize(batch)
     h = hashlib.blake2b(digest_size=16)
     h.update(str(batch.shape).encode())
     for row in (batch[0], batch[len(batch) // 2], batch[-1]):
@@ -186,8 +205,21 @@ def batch_key(batch: Batch) -> bytes:
     return h.digest()
 
 
-def record(subject: Subject, directions: int) -> tuple[list[Batch], list[np.ndarray]]:
-    """Every batch one audit sends to the adapter's _raw_predict, and the raw outputs."""
+def pieces_key(pieces: list[Request]) -> tuple[Any, ...]:
+    """Identifies a batch given as pieces without forming it: Perturbations by what they describe."""
+    return tuple(
+        batch_key(p) if isinstance(p, np.ndarray) else (p.rows.key, p.rows.start, p.rows.stop, p.scales, p.lo, p.hi, p.origin.tobytes()[:64])
+        for p in pieces
+    )
+
+
+# Raw outputs of the batches sent as pieces, by pieces_key (the device path's replay answers from it).
+PIECE_ANSWERS: dict[tuple[Any, ...], np.ndarray] = {}
+
+
+def record(subject: Subject, directions: int, generator: str) -> tuple[list[Batch], list[np.ndarray]]:
+    """Every batch one audit sends to the adapter's _raw_predict, and the raw outputs; batches sent as
+    pieces to predict_perturbed (the counter generator) are formed on the host here, untimed."""
     model = subject.model
     inner = model._raw_predict
     batches: list[Batch] = []
@@ -199,11 +231,20 @@ def record(subject: Subject, directions: int) -> tuple[list[Batch], list[np.ndar
         outputs.append(out.copy())
         return out
 
+    def recording_pieces(pieces: list[Request]) -> np.ndarray:
+        raw = recording(materialize(pieces))
+        PIECE_ANSWERS.setdefault(pieces_key(pieces), raw)
+        return to_probabilities(raw, len(raw), model.num_classes, model.output_kind)
+
     model._raw_predict = recording  # type: ignore[method-assign]  # on this instance only
+    if generator == "counter":
+        model.predict_perturbed = recording_pieces  # type: ignore[attr-defined]
     try:
-        fimaudit.audit(model, subject.x, directions=directions, seed=0)
+        fimaudit.audit(model, subject.x, directions=directions, seed=0, generator=generator)
     finally:
         del model._raw_predict  # back to the class's method
+        if generator == "counter":
+            del model.predict_perturbed  # type: ignore[attr-defined]
     return batches, outputs
 
 
@@ -231,10 +272,21 @@ class Replay(ProbabilityModel):
         return self._like.identity
 
 
+class DeviceReplay(Replay):
+    """A Replay that takes Perturbations as a device model does, without forming them: an audit against
+    it costs what the host does on the device path (the inputs' digests aside, which the stand-in needs)."""
+
+    forms_on_device = True
+
+    def predict_perturbed(self, pieces: list[Request]) -> np.ndarray:
+        raw = PIECE_ANSWERS[pieces_key(pieces)]
+        return to_probabilities(raw, len(raw), self.num_classes, self.output_kind)
+
+
 # -- measuring --------------------------------------------------------------------------------
-def measure(subject: Subject, directions: int, repeats: int) -> tuple[Row, list[dict[str, Any]]]:
-    batches, outputs = record(subject, directions)
-    replay = Replay(subject.model, batches, outputs)
+def measure(subject: Subject, directions: int, repeats: int, generator: str = "numpy") -> tuple[Row, list[dict[str, Any]]]:
+    batches, outputs = record(subject, directions, generator)
+    stand_in = (DeviceReplay if generator == "counter" else Replay)(subject.model, batches, outputs)
     x = subject.x
 
     def every(fn: Callable[[Batch], object]) -> Callable[[], None]:
@@ -244,25 +296,27 @@ def measure(subject: Subject, directions: int, repeats: int) -> tuple[Row, list[
                 fn(b)
         return run
 
-    def audit(model: ProbabilityModel) -> Callable[[], object]:
-        return lambda: fimaudit.audit(model, x, directions=directions, seed=0)
+    def audit(model: Callable[[], ProbabilityModel]) -> Callable[[], object]:
+        return lambda: fimaudit.audit(model(), x, directions=directions, seed=0, generator=generator)
 
-    times = best_of(
-        {
-            "audit": audit(subject.model),
-            "raw": every(subject.raw),
-            "adapter": every(subject.model.predict_proba),
-            "no_model": audit(replay),
-            "audit_blas1": lambda: one_blas_thread(audit(subject.model)),
-        },
-        repeats,
-    )
+    timings: dict[str, Callable[[], object]] = {
+        "audit": audit(lambda: subject.model),
+        "raw": every(subject.raw),
+        "adapter": every(subject.model.predict_proba),
+        "no_model": audit(lambda: stand_in),
+        "audit_blas1": lambda: one_blas_thread(audit(lambda: subject.model)),
+    }
+    if subject.upload is not None and subject.resident is not None:
+        resident_batches = [subject.upload(b) for b in batches]
+        timings["raw_resident"] = lambda: [subject.resident(b) for b in resident_batches]  # type: ignore[misc]
+    times = best_of(timings, repeats)
     row = Row(
         subject.spec.name, subject.framework, list(subject.spec.shape), len(x), directions,
         sum(len(b) for b in batches), len(batches), subject.model.max_batch_size,
         times["audit"], times["raw"], times["adapter"], times["no_model"], times["audit_blas1"],
+        generator, times.get("raw_resident"),
     )
-    return row, profile(replay, x, directions)
+    return row, profile(stand_in, x, directions, generator)
 
 
 def one_blas_thread(fn: Callable[[], object]) -> object:
@@ -272,12 +326,12 @@ def one_blas_thread(fn: Callable[[], object]) -> object:
         return fn()
 
 
-def profile(replay: Replay, x: np.ndarray, directions: int, top: int = 8) -> list[dict[str, Any]]:
+def profile(replay: Replay, x: np.ndarray, directions: int, generator: str = "numpy", top: int = 8) -> list[dict[str, Any]]:
     """The functions with the most own time in the no-model audit (its calling thread)."""
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()
-    fimaudit.audit(replay, x, directions=directions, seed=0)
+    fimaudit.audit(replay, x, directions=directions, seed=0, generator=generator)
     prof.disable()
     total = time.perf_counter() - start
     stats = pstats.Stats(prof)
@@ -293,8 +347,8 @@ def profile(replay: Replay, x: np.ndarray, directions: int, top: int = 8) -> lis
 def table(rows: list[Row]) -> str:
     lines = [
         "| model | framework | input | samples × k | rows (batches of ≤) | raw s | adapter s | no-model s | audit s | **audit/raw** "
-        "| audit s, BLAS 1 thread (/raw) | audit rows/s | raw rows/s | raw µs/row |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| audit s, BLAS 1 thread (/raw) | audit rows/s | raw rows/s | raw µs/row | generator | raw resident s (audit/it) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         shape = "×".join(map(str, r.input_shape))
@@ -302,7 +356,8 @@ def table(rows: list[Row]) -> str:
             f"| {r.model} | {r.framework} | {shape} | {r.samples} × {r.directions} | {r.queries:,} ({r.batches} of ≤{r.batch_size}) | "
             f"{r.raw_s:.3f} | {r.adapter_s:.3f} | {r.no_model_s:.3f} | {r.audit_s:.3f} | **{r.ratio:.2f}** | "
             f"{r.audit_blas1_s:.3f} ({r.audit_blas1_s / r.raw_s:.2f}) | "
-            f"{r.queries / r.audit_s:,.0f} | {r.queries / r.raw_s:,.0f} | {1e6 * r.raw_s / r.queries:,.1f} |"
+            f"{r.queries / r.audit_s:,.0f} | {r.queries / r.raw_s:,.0f} | {1e6 * r.raw_s / r.queries:,.1f} | {r.generator} | "
+            + (f"{r.raw_resident_s:.3f} ({r.audit_s / r.raw_resident_s:.2f}) |" if r.raw_resident_s else "– |")
         )
     return "\n".join(lines)
 
@@ -385,6 +440,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--generator", choices=("numpy", "counter"), default="numpy",
+                        help="counter: the device path (perturbed inputs formed where the model runs; torch backend)")
     parser.add_argument("--out", type=Path, default=DOC, help="write OUT.md and OUT.json (default docs/benchmarks/overhead)")
     args = parser.parse_args()
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
@@ -394,7 +451,7 @@ def main() -> None:
         n = args.samples or spec.samples
         subject = onnx_subject(spec, n, providers) if args.backend == "onnx" else torch_subject(spec, n, args.device)
         started = time.perf_counter()
-        row, prof = measure(subject, args.directions, args.repeats)
+        row, prof = measure(subject, args.directions, args.repeats, args.generator)
         rows.append(row)
         profiles[name] = prof
         print(table([row]).splitlines()[-1], f"  ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -3,8 +3,9 @@
 An adapter is a distribution that registers an `Adapter` under the entry-point group
 `fimaudit.adapters` (docs/adapter_guide.md). It loads a model reference into a `ProbabilityModel`,
 declares the options its loader takes, names the model by digest (`file_sha256`,
-`directory_digest`), and may offer optional abilities, each a Protocol below that fimaudit checks
-with isinstance: `WhiteBoxModel`, `BoundedModel`, `FingerprintChecker`, `MultiFileAdapter`.
+`directory_digest`), and may offer optional abilities, each a Protocol that fimaudit checks
+with isinstance: `WhiteBoxModel`, `BoundedModel`, `FingerprintChecker`, `MultiFileAdapter` below, and
+`DevicePerturbing` (fimaudit.perturbations: forming the sketch's perturbed inputs where the model runs).
 
 The helpers that check outputs (probabilities versus logits, probes, fixed batches) live in
 fimaudit.model, which builds on this module.
@@ -31,6 +32,13 @@ from fimaudit.outputs import (  # noqa: F401  (re-exported: the output checks ad
     detect_output_kind,
     output_form,
     to_probabilities,
+)
+from fimaudit.perturbations import (  # noqa: F401  (re-exported: what a model that forms inputs on its device takes)
+    DevicePerturbing,
+    Perturbations,
+    Request,
+    SignRows,
+    materialize,
 )
 
 ENTRY_POINT_GROUP = "fimaudit.adapters"

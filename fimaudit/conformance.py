@@ -9,6 +9,7 @@ import numpy as np
 
 from fimaudit.errors import FimauditError
 from fimaudit.adapter import ProbabilityModel
+from fimaudit.perturbations import DevicePerturbing, Perturbations, Request, SignRows, counter_key, materialize
 
 
 class ConformanceError(FimauditError):
@@ -24,7 +25,8 @@ def _probe_inputs(model: ProbabilityModel, n: int, seed: int = 0) -> np.ndarray:
 
 def check_model(model: ProbabilityModel, *, tolerance: float = 1e-5) -> None:
     """Raise ConformanceError naming the first broken contract; return None when all hold."""
-    for check in (_check_description, _check_outputs, _check_batch_invariance, _check_determinism, _check_identity):
+    checks = (_check_description, _check_outputs, _check_batch_invariance, _check_determinism, _check_identity, _check_perturbed)
+    for check in checks:
         check(model, tolerance)
 
 
@@ -76,3 +78,20 @@ def _check_identity(model: ProbabilityModel, tolerance: float) -> None:
         _fail("identity has no reference or adapter name")
     if ident.sha256 is not None and (len(ident.sha256) != 64 or set(ident.sha256) - set("0123456789abcdef")):
         _fail(f"identity.sha256 {ident.sha256!r} is not a lowercase sha256 hex digest")
+
+
+def _check_perturbed(model: ProbabilityModel, tolerance: float) -> None:
+    """A model that forms Perturbations itself answers them as predict_proba answers the inputs formed here."""
+    if not isinstance(model, DevicePerturbing):
+        return
+    spec = model.input_spec
+    origin = _probe_inputs(model, 1, seed=3).reshape(-1)
+    origin.flags.writeable = False
+    scale = 0.01 * float(np.std(origin) or 1.0)
+    request = Perturbations(origin, spec.shape, (scale, -scale), SignRows(counter_key(0, 0), 0, 2, origin.size), dtype=spec.dtype)
+    # One input as an array beside three formed ones (the engine mixes them so), within one batch.
+    pieces: list[Request] = [origin.reshape(1, *spec.shape), request[1 : min(4, model.max_batch_size)]]
+    formed = model.predict_perturbed(pieces)
+    reference = model.predict_proba(materialize(pieces))
+    if formed.shape != reference.shape or not np.allclose(formed, reference, atol=tolerance, rtol=0):
+        _fail("predict_perturbed's outputs differ from predict_proba's on the same inputs formed on the host")

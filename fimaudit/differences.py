@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Generator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
 
 from fimaudit.diagnostics import COMPLEMENT_ABOVE, ResolutionProbe
+from fimaudit.perturbations import Perturbations, Request, SignRows
 
 Scheme = Literal["central", "forward", "richardson"]
 # What the user asks for: a scheme, or "auto" (central pilot; forward where it is unbiased, see decide_scheme).
@@ -86,31 +87,26 @@ class FiniteDifferences:
     scheme: Scheme
     probe: ResolutionProbe
     dtype: str = "float64"
+    # x cast to the input dtype, shared by the copies at() and replace() make (not a field of equality).
+    _origin: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
 
     def at(self, step: float, probe: ResolutionProbe | None = None) -> FiniteDifferences:
         return replace(self, step=step, probe=self.probe if probe is None else probe)
 
-    def jvp(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
+    def jvp(self, directions: np.ndarray | SignRows) -> Generator[Request, np.ndarray, np.ndarray]:
         """Rows A v_j for the rows v_j of `directions` (b, d), from perturbed queries."""
         y, _ = yield from self.jvp_and_asymmetry(directions)
         return y
 
-    def jvp_and_asymmetry(self, directions: np.ndarray) -> Generator[np.ndarray, np.ndarray, tuple[np.ndarray, float | None]]:
+    def jvp_and_asymmetry(
+        self, directions: np.ndarray | SignRows
+    ) -> Generator[Request, np.ndarray, tuple[np.ndarray, float | None]]:
         """The JVPs, and ||D+ - D-|| / ||D+ + D-|| of the one-sided quotients D+ = (l(x+hv) - l(x))/h and
         D- = (l(x) - l(x-hv))/h (free with central differences; None for forward ones). Where the model is
         differentiable this shrinks like h; at a kink (a max-pool tie, a ReLU at exactly 0) it does not."""
         b = len(directions)
         points = SCHEME_POINTS[self.scheme]
-        # Built straight in the model's dtype, in place: half the memory traffic of float64 for float32
-        # models. x + (h v) is rounded to that dtype once more than before, within its resolution,
-        # which the step already keeps clear of (INPUT_MARGIN).
-        inputs = np.empty((len(points) * b, self.flat.size), dtype=self.dtype)
-        origin = self.flat.astype(self.dtype)
-        for i, s in enumerate(points):
-            block = inputs[i * b : (i + 1) * b]
-            np.multiply(directions, s * self.step, out=block, casting="unsafe")
-            block += origin
-        probs = yield inputs.reshape(len(inputs), *self.shape)
+        probs = yield self._inputs(directions, points)
         parts = [probs[i * b : (i + 1) * b] for i in range(len(points))]
         self.probe.pairs(parts[0], parts[1] if len(parts) > 1 else np.broadcast_to(self.p, parts[0].shape))
         if len(parts) == 4:  # Richardson: the h/2 pair carries the largest weight
@@ -131,6 +127,31 @@ class FiniteDifferences:
         up, down = (logs[0] - base) * root, (base - logs[1]) * root
         total = float(np.linalg.norm(up + down))
         return deriv * root, float(np.linalg.norm(up - down)) / total if total > 0 else None
+
+    def _inputs(self, directions: np.ndarray | SignRows, points: tuple[float, ...]) -> Request:
+        """x + s h v for each point s and direction v (point-major). Counter sign rows become a request
+        the model may form where it runs (fimaudit.perturbations); arrays are formed here."""
+        origin = self.origin()
+        if isinstance(directions, SignRows):
+            return Perturbations(origin, self.shape, tuple(s * self.step for s in points), directions, dtype=self.dtype)
+        # Built straight in the model's dtype, in place: half the memory traffic of float64 for float32
+        # models. x + (h v) is rounded to that dtype once more than before, within its resolution,
+        # which the step already keeps clear of (INPUT_MARGIN).
+        b = len(directions)
+        inputs = np.empty((len(points) * b, self.flat.size), dtype=self.dtype)
+        for i, s in enumerate(points):
+            block = inputs[i * b : (i + 1) * b]
+            np.multiply(directions, s * self.step, out=block, casting="unsafe")
+            block += origin
+        return inputs.reshape(len(inputs), *self.shape)
+
+    def origin(self) -> np.ndarray:
+        """x in the input dtype, cast once per input and shared by every request (never written to)."""
+        cast = self._origin.get(self.dtype)
+        if cast is None:
+            cast = self._origin[self.dtype] = self.flat.astype(self.dtype)
+            cast.flags.writeable = False
+        return cast
 
 
 @dataclass(frozen=True)
@@ -182,7 +203,7 @@ def locality_step(lam: float, tau: float, d: int, fraction: float = 2 * LOCALITY
 def choose_step(
     fd: FiniteDifferences, start: float, *, tau: float, floor: float, search: bool, rng: np.random.Generator,
     output_dtype: str,
-) -> Generator[np.ndarray, np.ndarray, StepChoice]:
+) -> Generator[Request, np.ndarray, StepChoice]:
     """The step (see _search), with the kink test on the one-sided quotients of the last pair measured."""
     asymmetry: dict[float, float | None] = {}
     ranks: dict[float, float] = {}
@@ -212,7 +233,7 @@ def kink_figure(asymmetry: dict[float, float | None], trials: tuple[tuple[float,
 def _search(
     fd: FiniteDifferences, start: float, *, tau: float, floor: float, search: bool, rng: np.random.Generator,
     output_dtype: str, asymmetry: dict[float, float | None], ranks: dict[float, float],
-) -> Generator[np.ndarray, np.ndarray, StepChoice]:
+) -> Generator[Request, np.ndarray, StepChoice]:
     """Measure a pilot of JVPs at successive steps and pick the first that agrees with the next larger.
 
     With `search` False (a step the user fixed) only `start` and start/4 are measured: the step is
@@ -224,7 +245,7 @@ def _search(
     trials: list[tuple[float, float, int]] = []
     queries = 0
 
-    def measure(h: float) -> Generator[np.ndarray, np.ndarray, np.ndarray]:
+    def measure(h: float) -> Generator[Request, np.ndarray, np.ndarray]:
         nonlocal queries
         y, asymmetry[h] = yield from fd.at(h, probe).jvp_and_asymmetry(directions)
         queries += len(directions) * len(SCHEME_POINTS[fd.scheme])
@@ -298,7 +319,7 @@ class DirectionCheck:
 
 def check_direction(
     fd: FiniteDifferences, direction: np.ndarray, *, floor: float, output_dtype: str
-) -> Generator[np.ndarray, np.ndarray, DirectionCheck | None]:
+) -> Generator[Request, np.ndarray, DirectionCheck | None]:
     """Measure the JVP along `direction` at the step used (the witness) and at a quarter of it."""
     norm = float(np.linalg.norm(direction))
     if not np.isfinite(norm) or norm == 0.0:

@@ -19,9 +19,13 @@ import numpy as np
 
 from fimaudit.adapter import ProbabilityModel, TransientQueryError
 from fimaudit.errors import EstimationError, FimauditError, QueryError
+from fimaudit.perturbations import DevicePerturbing, Perturbations, Request, materialize
 
 R = TypeVar("R")
-Task = Generator[np.ndarray, np.ndarray, R]
+# A request is an array of inputs, or Perturbations a device model forms itself (fimaudit.perturbations).
+Task = Generator[Request, np.ndarray, R]
+# One batch: an array, or pieces when any of them is Perturbations.
+Batch = np.ndarray | list[Request]
 OnDone = Callable[[Any, R], None]
 
 
@@ -31,7 +35,7 @@ class _Active(Generic[R]):
 
     key: Any
     task: Task[R]
-    request: np.ndarray
+    request: Request
     sent: int = 0
     received: int = 0
     parts: dict[int, np.ndarray] = field(default_factory=dict)  # answers by row offset
@@ -135,8 +139,8 @@ class QueryEngine:
             batch, owners = self._take_batch(active)
             inflight[self._pool.submit(self._predict_with_retry, batch)] = owners
 
-    def _take_batch(self, active: list[_Active[R]]) -> tuple[np.ndarray, _Owners]:
-        pieces: list[np.ndarray] = []
+    def _take_batch(self, active: list[_Active[R]]) -> tuple[Batch, _Owners]:
+        pieces: list[Request] = []
         owners: _Owners = []
         room = self.batch_size
         for entry in active:
@@ -149,7 +153,10 @@ class QueryEngine:
             room -= take
             if room == 0:
                 break
-        return (pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)), owners
+        if any(isinstance(p, Perturbations) for p in pieces):
+            return pieces, owners
+        arrays = [np.asarray(p) for p in pieces]
+        return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)), owners
 
     def _receive(self, inflight: dict[Future[np.ndarray], _Owners]) -> None:
         """Wait for at least one batch and hand its rows to the samples they belong to."""
@@ -188,10 +195,11 @@ class QueryEngine:
             self._finish(entry.key, stop.value, on_done)
 
     @staticmethod
-    def _advance(key: Any, task: Task[R], outputs: np.ndarray | None) -> np.ndarray:
+    def _advance(key: Any, task: Task[R], outputs: np.ndarray | None) -> Request:
         """The task's next request; an estimator's own failure is named with its sample."""
         try:
-            return np.asarray(next(task) if outputs is None else task.send(outputs))
+            request = next(task) if outputs is None else task.send(outputs)
+            return request if isinstance(request, Perturbations) else np.asarray(request)
         except (StopIteration, FimauditError):
             raise
         except Exception as exc:
@@ -213,12 +221,21 @@ class QueryEngine:
                 "check that the journal's folder is writable and has space, then rerun to resume",
             ) from exc
 
-    def _predict_with_retry(self, batch: np.ndarray) -> np.ndarray:
+    def _predict(self, batch: Batch) -> np.ndarray:
+        """One batch's probabilities: Perturbations go to a model that forms them, else are formed here."""
+        if not isinstance(batch, list):
+            return self.model.predict_proba(batch)
+        if isinstance(self.model, DevicePerturbing):
+            return self.model.predict_perturbed(batch)
+        return self.model.predict_proba(materialize(batch))
+
+    def _predict_with_retry(self, batch: Batch) -> np.ndarray:
+        rows = sum(len(p) for p in batch) if isinstance(batch, list) else len(batch)
         for attempt in range(self.retries + 1):
             try:
-                out = self.model.predict_proba(batch)
+                out = self._predict(batch)
                 with self._count_lock:  # batches may finish on several threads at once
-                    self.queries += len(batch)
+                    self.queries += rows
                 return out
             except TransientQueryError:
                 if attempt == self.retries or self._closed.wait(self.backoff_seconds * 2**attempt):
@@ -227,7 +244,7 @@ class QueryEngine:
                 raise
             except Exception as exc:  # an adapter bug or a framework error: name it, keep the cause
                 raise QueryError(
-                    f"the model failed on a batch of {len(batch)} inputs: "
+                    f"the model failed on a batch of {rows} inputs: "
                     f"{type(exc).__name__}: {exc}",
                     "check that the inputs match the model's expected shape, dtype and range",
                 ) from exc

@@ -7,7 +7,7 @@ of many samples together and memory stays bounded by one block of directions per
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -16,6 +16,8 @@ import scipy.linalg
 import scipy.sparse.linalg
 
 from fimaudit.diagnostics import ResolutionProbe
+from fimaudit.perturbations import Generator as DirectionGenerator
+from fimaudit.perturbations import Request, SignRows, counter_key
 from fimaudit.differences import (
     DIRECTION_ERROR,
     ERROR_TARGET,
@@ -91,6 +93,9 @@ class EstimatorConfig:
     tau: float = 0.01
     step_floor: float = 0.0
     draws: Draws = "rademacher"
+    # Where sign directions come from: numpy's PCG64 bits (formed on the host), or the counter generator,
+    # whose perturbed inputs a device model forms itself (fimaudit.perturbations).
+    generator: DirectionGenerator = "numpy"
 
     def queries_per_direction(self) -> int:
         """At most, per direction: auto's forward directions take 1 query, its central ones 2."""
@@ -134,7 +139,7 @@ class SampleEstimate:
     scheme: SchemeDecision | None = None  # the scheme the sketch used, and why
 
 
-def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generator[np.ndarray, np.ndarray, SampleEstimate]:
+def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generator[Request, np.ndarray, SampleEstimate]:
     """Estimate lambda_max, tr F and a witnessed lower bound for one input x (model shape)."""
     shape = x.shape
     flat = np.asarray(x, dtype=np.float64).reshape(-1)
@@ -159,7 +164,7 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     k = d if method == "exact" else decision.directions
     # The witness aligns with the worst direction only to about k/d: below k = d/64 it says nothing.
     want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES and k * WITNESS_MIN_RATIO >= d
-    kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg)
+    kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg, counter_key(cfg.seed, index))
     if kind == "rademacher" and cfg.adaptive_step:
         choice = replace(choice, step=binary_step(choice.step))
     if method == "exact":
@@ -168,18 +173,18 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         # So this mode checks its own step, pass against pass (d <= k/2 keeps it within budget).
         y_all, choice, passes = yield from coordinate_passes(fd, choice, d, cfg)
         queries += passes * d * len(SCHEME_POINTS[fd.scheme])
-        cross = y_all.T * np.sqrt(d) if want_witness else None  # Y^T Omega, Omega = sqrt(d) I
+        witness = _coordinate_witness(y_all, d) if want_witness else None
     else:
-        y_all, cross = yield from _measure(fd.at(choice.step), blocks, d if want_witness else 0)
+        y_all, witness = yield from _measure(fd.at(choice.step), blocks, d if want_witness else 0)
         queries += k * len(SCHEME_POINTS[fd.scheme])
     stats = sketch_statistics(y_all, exact=method == "exact", cfg=cfg, index=index)
     check = None
-    if cross is not None:
+    if witness is not None:
         # Measured with the pilot's scheme: a forward sketch's bias is bounded by decide_scheme, and a
         # one-row request can take another kernel than a batch in some runtimes (last-bit differences
         # by batching), so the witness keeps central differences' two rows.
         check = yield from check_direction(
-            replace(fd, scheme=cfg.pilot_scheme()).at(choice.step), stats.top_vector @ cross,
+            replace(fd, scheme=cfg.pilot_scheme()).at(choice.step), witness(stats.top_vector),
             floor=cfg.step_floor, output_dtype=cfg.output_dtype,
         )
         queries += check.queries if check is not None else 0
@@ -244,20 +249,38 @@ def _with_scheme(
     return fd, replace(choice, error=max(choice.error, decision.bias / 2))
 
 
+# The witness direction sum_j (u . y_j) omega_j for the top vector u of the JVPs' Gram matrix.
+Witness = Callable[[np.ndarray], np.ndarray]
+
+
 def _measure(
-    fd: FiniteDifferences, blocks: Iterator[np.ndarray], witness_d: int
-) -> Generator[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray | None]]:
-    """All k JVPs (rows), and Y^T Omega (K x d) for the witness when witness_d > 0."""
+    fd: FiniteDifferences, blocks: Iterator[np.ndarray | SignRows], witness_d: int
+) -> Generator[Request, np.ndarray, tuple[np.ndarray, Witness | None]]:
+    """All k JVPs (rows), and the witness when witness_d > 0."""
     cross = np.zeros((fd.p.size, witness_d)) if witness_d else None  # K x d: row-major products are fast
     rows: list[np.ndarray] = []
+    counter: list[SignRows] = []
     for block in blocks:
         y = yield from fd.jvp(block)
         rows.append(y)
-        if cross is not None:
+        if isinstance(block, SignRows):
+            counter.append(block)  # regenerated for the witness: the host never formed these directions
+        elif cross is not None:
             # Accumulates Y^T Omega so the witness needs no regeneration; in the directions' dtype
             # (float32 signs: a direction to query along needs no more precision than that).
             cross += y.T.astype(block.dtype) @ block
-    return np.concatenate(rows, axis=0), cross
+    y_all = np.concatenate(rows, axis=0)
+    if cross is None:
+        return y_all, None
+    if counter:
+        every = SignRows(counter[0].key, counter[0].start, counter[-1].stop, witness_d)
+        return y_all, lambda u: every.combine(y_all @ u)
+    return y_all, lambda u: u @ cross
+
+
+def _coordinate_witness(y_all: np.ndarray, d: int) -> Witness:
+    """Coordinate mode's witness: Omega = sqrt(d) I, so sum_j (u . y_j) omega_j = sqrt(d) Y u."""
+    return lambda u: (y_all @ u) * np.sqrt(d)
 
 
 def _after_check(choice: StepChoice, check: DirectionCheck | None) -> StepChoice:
@@ -271,7 +294,7 @@ def _after_check(choice: StepChoice, check: DirectionCheck | None) -> StepChoice
 
 def coordinate_passes(
     fd: FiniteDifferences, choice: StepChoice, d: int, cfg: EstimatorConfig
-) -> Generator[np.ndarray, np.ndarray, tuple[np.ndarray, StepChoice, int]]:
+) -> Generator[Request, np.ndarray, tuple[np.ndarray, StepChoice, int]]:
     """A from the d coordinate directions at the pilot's step h, then at h/4 (and h/16 if need be):
     the first pass that agrees with the one before is used (its error is about the gap / 15 for
     central differences). Returns (A's rows, the step choice, the number of passes)."""
@@ -315,14 +338,17 @@ def step_flags(choice: StepChoice, step_norm: float, lam: float, tau: float) -> 
 
 
 def direction_blocks(
-    method: str, d: int, k: int, rng: np.random.Generator, cfg: EstimatorConfig
-) -> tuple[DirectionsKind, Iterator[np.ndarray]]:
-    """The k directions (rows, E[v v^T] = I) in memory-bounded blocks, seeded by rng."""
+    method: str, d: int, k: int, rng: np.random.Generator, cfg: EstimatorConfig, key: tuple[int, int] | None = None,
+) -> tuple[DirectionsKind, Iterator[np.ndarray | SignRows]]:
+    """The k directions (rows, E[v v^T] = I) in memory-bounded blocks, seeded by rng; with the counter
+    generator, sign directions are SignRows of `key` (counter_key(seed, index)), formed where the model runs."""
     per_block = directions_per_block(d, cfg)
     if method == "exact":
         return "coordinate", _coordinate_blocks(d, per_block)
     if d * min(k, d, ORTHOGONAL_GROUP) <= ORTHOGONAL_MAX_ENTRIES and k >= ORTHOGONAL_MIN_FRACTION * d:
         return "orthogonal", _orthogonal_blocks(rng, d, k, per_block)
+    if cfg.draws == "rademacher" and cfg.generator == "counter" and key is not None:
+        return "rademacher", (SignRows(key, lo, min(k, lo + per_block), d) for lo in range(0, k, per_block))
     if cfg.draws == "rademacher":
         return "rademacher", _rademacher_blocks(rng, d, k, per_block)
     return "gaussian", _gaussian_blocks(rng, d, k, per_block)

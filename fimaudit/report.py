@@ -17,7 +17,7 @@ from fimaudit.errors import DataError
 from fimaudit.estimators import SampleEstimate
 from fimaudit.lipschitz_bound import ALL_INPUTS, Bound
 
-SCHEMA_VERSION = "1.5"
+SCHEMA_VERSION = "1.6"
 
 
 # One line on each diagnostic flag a sample (or the model) can carry: printed after an audit, listed
@@ -216,6 +216,12 @@ class AuditConfig(_Model):
         default="gaussian",
         description="Law of the sketch's random directions where orthogonal groups do not apply: rademacher (random "
         "signs, the default since fimaudit 0.3) or gaussian (reports from earlier versions, which lack this field).",
+    )
+    generator: Literal["numpy", "counter"] = Field(
+        default="numpy",
+        description="Generator of the sign directions: numpy (PCG64 bits, inputs formed on the host; reports before "
+        "schema 1.6) or counter (a counter hash, inputs formed where the model runs: fimaudit.perturbations). "
+        "A report reproduces with its own generator on any machine.",
     )
     interval_method: str
     input_space: str = Field(description="Units all figures are in: the model's own input space.")

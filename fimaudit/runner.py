@@ -21,6 +21,7 @@ from fimaudit.errors import UsageError
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
 from fimaudit.journal import Journal, JournalLock
 from fimaudit.model import check_batch_independence
+from fimaudit.perturbations import GENERATORS, DevicePerturbing
 from fimaudit.report import (
     AuditConfig,
     AuditReport,
@@ -61,6 +62,7 @@ def audit(
     step: float | None = None,
     estimator: str = "auto",
     draws: str = "rademacher",
+    generator: str = "auto",
     tau: float = 0.01,
     limit: int | None = None,
     sample: int | None = None,
@@ -91,11 +93,15 @@ def audit(
     `limit=N` audits the first N inputs, `sample=N` N inputs drawn at random, committed by `seed` and
     the data's digest (data.draw_sample); either way a sample's numbers are those a full audit gives
     at its index, and the report's data.selection says which rows were audited.
+    `generator` is where sign directions come from: "numpy" (PCG64, inputs formed here), "counter" (a
+    counter hash that a device model, the torch adapter on CUDA, turns into inputs where it runs:
+    fimaudit.perturbations), or "auto" (counter exactly when the model forms inputs on a device). Both give
+    the same law and accuracy; the report records which, and reproduces with it on any machine.
     `bound=True` asks the model (a BoundedModel: the torch and ONNX adapters) for an upper bound on
     lambda_max at every input, and on a ball around each audited input where it has a local one; both are
     computed here, after the samples (never on Ray workers or in the journal), and recorded beside them.
     """
-    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency, sample, draws)
+    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency, sample, draws, generator)
     check_batch_independence(model)  # load_model probes too; a model built in code is probed here
     exact_fisher = _white_box_function(model) if white_box else None
     bounded = _bounded_model(model) if bound else None
@@ -103,7 +109,7 @@ def audit(
     # The step and its floor come from all the data, so --limit or --sample never change a sample's numbers.
     cfg, relative = estimator_config(
         model, stats, directions=directions, step=step, scheme=scheme, estimator=estimator, seed=seed,
-        bootstrap=bootstrap, confidence=confidence, witness=witness, tau=tau, draws=draws,
+        bootstrap=bootstrap, confidence=confidence, witness=witness, tau=tau, draws=draws, generator=generator,
     )
     rows, selection, audited_digest = choose_rows(arr, stats, limit=limit, sample=sample, seed=seed)
     binding = {"tool": __version__, "model": ModelInfo.of(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
@@ -134,7 +140,7 @@ def audit(
         config=AuditConfig(
             estimator=estimator, directions=directions, step=cfg.step, step_relative=relative,  # type: ignore[arg-type]
             step_rule=STEP_RULE if step is None else "fixed (given), checked by a pilot", scheme=scheme,  # type: ignore[arg-type]
-            seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence, draws=cfg.draws,
+            seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence, draws=cfg.draws, generator=cfg.generator,
             interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
         ),
         samples=samples,
@@ -145,6 +151,7 @@ def audit(
 def estimator_config(
     model: ProbabilityModel, stats: DataStats, *, directions: int, step: float | None, scheme: str, estimator: str,
     seed: int, bootstrap: int, confidence: float, witness: bool, tau: float, draws: str = "rademacher",
+    generator: str = "numpy",
 ) -> tuple[EstimatorConfig, float | None]:
     """How every sample of an audit of data with these `stats` is estimated, and the step relative to
     the data's spread when it was derived from it. `fimaudit reproduce` rebuilds it the same way."""
@@ -164,9 +171,18 @@ def estimator_config(
     cfg = EstimatorConfig(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
         model.output_dtype, model.input_spec.dtype, adaptive_step=step is None, tau=tau, step_floor=floor,
-        draws=draws,  # type: ignore[arg-type]
+        draws=draws, generator=resolve_generator(generator, model, draws),  # type: ignore[arg-type]
     )
     return cfg, relative
+
+
+def resolve_generator(option: str, model: ProbabilityModel, draws: str) -> str:
+    """The generator an audit uses: "auto" takes the counter one where the model forms sign directions'
+    inputs on a device (where numpy's would keep the host busy), numpy's elsewhere."""
+    if option != "auto":
+        return option
+    on_device = isinstance(model, DevicePerturbing) and model.forms_on_device
+    return "counter" if on_device and draws == "rademacher" else "numpy"
 
 
 def choose_rows(
@@ -437,7 +453,7 @@ def _input_space(model: ProbabilityModel) -> str:
 def _check_options(
     directions: int, scheme: str, estimator: str, tau: float, bootstrap: int, confidence: float,
     limit: int | None, step: float | None, seed: int, concurrency: int, sample: int | None = None,
-    draws: str = "rademacher",
+    draws: str = "rademacher", generator: str = "auto",
 ) -> None:
     problems = [
         (not isinstance(concurrency, int) or concurrency < 1, f"concurrency must be an integer >= 1 (got {concurrency!r})"),
@@ -446,6 +462,9 @@ def _check_options(
         (scheme not in ("auto", "central", "forward", "richardson"), f"scheme must be auto, central, forward or richardson (got {scheme!r})"),
         (estimator not in ("auto", "sketch", "exact"), f"estimator must be auto, sketch or exact (got {estimator!r})"),
         (draws not in ("rademacher", "gaussian"), f"draws must be rademacher or gaussian (got {draws!r})"),
+        (generator not in ("auto", *GENERATORS), f"generator must be auto, numpy or counter (got {generator!r})"),
+        # The counter generator makes signs only (fimaudit.perturbations).
+        (generator == "counter" and draws != "rademacher", "generator counter makes sign directions: use it with draws rademacher"),
         (not (tau > 0 and math.isfinite(tau)), f"tau must be a positive number (got {tau!r})"),
         (bootstrap < 100, f"bootstrap must be >= 100 resamples (got {bootstrap!r})"),
         (not 0.5 <= confidence < 1, f"confidence must be in [0.5, 1) (got {confidence!r})"),

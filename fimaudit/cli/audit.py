@@ -81,6 +81,11 @@ def audit(
         "rademacher", "--draws", metavar="LAW",
         help="Law of the random directions: rademacher (random signs, cheap) or gaussian (fimaudit 0.2's); same accuracy.",
     ),
+    generator: str = typer.Option(
+        "auto", "--generator", metavar="NAME",
+        help="Where sign directions come from: numpy, counter (formed on the model's device), or auto (counter for a "
+        "model on a GPU); same accuracy, recorded in the report.",
+    ),
     tau: float = typer.Option(0.01, "--tau", metavar="NATS", help="KL budget in nats for the radius epsilon_tau = sqrt(2 tau / lambda_max)."),
     outputs: Optional[str] = typer.Option(
         None, "--outputs", metavar="KIND",
@@ -167,7 +172,8 @@ def audit(
                 with progress_bar(quiet) as progress:
                     report = run_audit(
                         loaded, inputs.x, directions=directions, seed=seed, scheme=scheme, step=step, estimator=estimator,
-                        draws=draws, tau=tau, limit=limit, sample=sample, concurrency=concurrency, data_source=path_text(data), progress=progress,
+                        draws=draws, generator=generator, tau=tau, limit=limit, sample=sample, concurrency=concurrency,
+                        data_source=path_text(data), progress=progress,
                         journal=book, restart=restart, white_box=white_box, journal_lock=lock, bound=bound,
                         ray=ray_options(ray_address, workers, gpus_per_worker, model, options),
                     )

@@ -25,12 +25,16 @@ from fimaudit.adapter import (
     one_line,
     probe_outputs,
     resolve_input_shape,
+    Request,
+    materialize,
     run_in_fixed_batches,
+    to_probabilities,
 )
 from fimaudit.errors import FimauditError, ModelError, OutputError, UsageError
 from fimaudit.lipschitz_bound import Bound, ball_scope
 from fimaudit_torch import files
 from fimaudit_torch.bound import relu_network_bound
+from fimaudit_torch.counter import form_inputs
 from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
 
 # Keep one float32 batch near this size (as the ONNX adapter does) when the batch axis is free.
@@ -95,6 +99,23 @@ class TorchModel(ProbabilityModel):
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device, self._dtype)
         with torch.inference_mode():
             return _to_numpy(self.forward(self._module, x))
+
+    # -- perturbed inputs formed on the device (fimaudit.perturbations.DevicePerturbing) -------
+    @property
+    def forms_on_device(self) -> bool:
+        """Whether forming inputs here saves the host work: on a GPU, not on the CPU (where it works the same)."""
+        return self.device.type != "cpu"
+
+    def predict_perturbed(self, pieces: Sequence[Request]) -> np.ndarray:
+        """Probabilities for a batch given as arrays and Perturbations, whose inputs are formed on the
+        model's device from the counter generator: only the K outputs per row cross back to the host."""
+        if self._fixed_batch:  # padded to the exported batch on the host: form them there too
+            return self.predict_proba(materialize(pieces))
+        spec_dtype = getattr(torch, self.input_spec.dtype)
+        x = form_inputs(pieces, self.device, spec_dtype, self.input_spec.shape).to(self._dtype)
+        with torch.inference_mode():
+            raw = _to_numpy(self.forward(self._module, x))
+        return to_probabilities(raw, len(x), self.num_classes, self.output_kind)
 
     @property
     def identity(self) -> ModelIdentity:

@@ -1,0 +1,176 @@
+"""Perturbed inputs described instead of formed: the sketch's queries where the model lives on a device.
+
+A sketch of k sign directions at a 224x224 input is k x d = 154 million coordinates per input; forming
+x + s h v for them in numpy writes 300-600 MB per input on the host, which kept a GPU audit
+CPU-bound (docs/benchmarks/gpu.md). So the estimator can yield a `Perturbations` request instead:
+"the origin x, these step multiples, sign rows j0..j1 of this sample's counter generator". A model
+that forms inputs itself (a `DevicePerturbing` one: the torch adapter on CUDA) receives the request
+and generates the signs where it runs; any other model gets the same rows formed here in numpy.
+
+The counter generator makes that possible: the sign of coordinate c of row j is bit c % 32 of
+word(j, c // 32), a fixed integer hash of (key, j, c // 32) in 32-bit arithmetic (murmur3's fmix32
+finaliser, applied twice), so every device computes the same bits, with no generator state to
+carry: a GPU audit reproduces on a CPU, bit for bit in the inputs. Its statistical quality is what
+the sketch needs (balanced, uncorrelated signs; tests/test_perturbations.py), not a cryptographic one.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+# The two generators of the sketch's sign directions, as the report names them.
+Generator = Literal["numpy", "counter"]
+GENERATORS = ("numpy", "counter")
+# fmix32's multipliers, and the odd constant that spreads word numbers before hashing.
+FMIX_1 = 0x85EBCA6B
+FMIX_2 = 0xC2B2AE35
+WORD_SPREAD = 0x9E3779B9
+WORD_BITS = 32
+
+
+def counter_key(seed: int, index: int) -> tuple[int, int]:
+    """Two 32-bit keys for one sample's sign rows, from (seed, index) of any size."""
+    digest = hashlib.sha256(f"fimaudit-counter-v1:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
+
+
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """murmur3's 32-bit finaliser, in place on a uint32 array (wrapping products, as in C)."""
+    h ^= h >> np.uint32(16)
+    h *= np.uint32(FMIX_1)
+    h ^= h >> np.uint32(13)
+    h *= np.uint32(FMIX_2)
+    h ^= h >> np.uint32(16)
+    return h
+
+
+def row_keys(key: tuple[int, int], start: int, stop: int) -> np.ndarray:
+    """Each row's own 32-bit key: fmix32(fmix32(j ^ k0) + k1) for rows j in [start, stop)."""
+    rows = np.arange(start, stop, dtype=np.uint32) ^ np.uint32(key[0])
+    h = fmix32(rows)
+    h += np.uint32(key[1])
+    return fmix32(h)
+
+
+def sign_words(key: tuple[int, int], start: int, stop: int, d: int) -> np.ndarray:
+    """(rows, ceil(d / 32)) uint32 words: word w of row j is fmix32(fmix32(r_j ^ w * WORD_SPREAD) + k0)."""
+    words = -(-d // WORD_BITS)
+    spread = np.arange(words, dtype=np.uint32) * np.uint32(WORD_SPREAD)
+    h = fmix32(row_keys(key, start, stop)[:, None] ^ spread[None, :])
+    h += np.uint32(key[0])
+    return fmix32(h)
+
+
+@dataclass(frozen=True)
+class SignRows:
+    """Rows [start, stop) of one sample's counter sign directions of length d: +-1, E[v v^T] = I."""
+
+    key: tuple[int, int]
+    start: int
+    stop: int
+    d: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def part(self, start: int, stop: int) -> SignRows:
+        """Rows start..stop counted from this block's first."""
+        return replace(self, start=self.start + start, stop=self.start + stop)
+
+    def signs(self, dtype: str = "float32") -> np.ndarray:
+        """The rows as +-1 (bit 1 is -1), coordinate c from bit c % 32 of word c // 32, lowest bit first."""
+        words = sign_words(self.key, self.start, self.stop, self.d).astype("<u4")
+        bits = np.unpackbits(words.view(np.uint8), axis=1, count=self.d, bitorder="little")
+        rows = bits.astype(dtype)
+        rows *= -2.0
+        rows += 1.0
+        return rows
+
+    def combine(self, coefficients: np.ndarray, per_block: int = 256) -> np.ndarray:
+        """sum_j c_j v_j over the rows (the witness direction), regenerated block by block in float32
+        (a direction to query along needs no more precision; float64 signs cost 10x the time)."""
+        out = np.zeros(self.d)
+        weights = np.asarray(coefficients, dtype=np.float32)
+        for lo in range(0, len(self), per_block):
+            hi = min(len(self), lo + per_block)
+            out += weights[lo:hi] @ self.part(lo, hi).signs()
+        return out
+
+
+@dataclass(frozen=True)
+class Perturbations:
+    """The inputs x + scale_i * v_j for each scale (point-major: all rows at scales[0] first), lazily.
+
+    Rows lo..hi of that sequence make this request; the engine slices requests into batches. `origin`
+    is x flattened, in the model's input dtype, and never changes (it is shared, not copied).
+    """
+
+    origin: np.ndarray
+    shape: tuple[int, ...]
+    scales: tuple[float, ...]
+    rows: SignRows
+    lo: int = 0
+    hi: int = -1
+    dtype: str = field(default="float32")
+
+    def __post_init__(self) -> None:
+        if self.hi < 0:
+            object.__setattr__(self, "hi", len(self.scales) * len(self.rows))
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def __getitem__(self, where: slice) -> Perturbations:
+        start, stop, _ = where.indices(len(self))
+        return replace(self, lo=self.lo + start, hi=self.lo + max(start, stop))
+
+    def pieces(self) -> Iterator[tuple[float, SignRows]]:
+        """(scale, the sign rows at that scale) covering this request's rows, in order."""
+        b = len(self.rows)
+        for i, scale in enumerate(self.scales):
+            lo, hi = max(self.lo, i * b), min(self.hi, (i + 1) * b)
+            if lo < hi:
+                yield scale, self.rows.part(lo - i * b, hi - i * b)
+
+    def materialize(self) -> np.ndarray:
+        """The inputs, formed here: (len, *shape) in the input dtype, as a device forms them
+        (x + round(scale) * (+-1): one rounding, the same on every IEEE device)."""
+        out = np.empty((len(self), self.origin.size), dtype=self.dtype)
+        at = 0
+        for scale, rows in self.pieces():
+            block = out[at : at + len(rows)]
+            np.multiply(rows.signs(self.dtype), self.dtype_scale(scale), out=block)
+            block += self.origin
+            at += len(rows)
+        return out.reshape(len(out), *self.shape)
+
+    def dtype_scale(self, scale: float) -> np.generic:
+        """The scale rounded once to the input dtype, as a device's tensor-times-scalar does."""
+        return np.dtype(self.dtype).type(scale)
+
+
+Request = np.ndarray | Perturbations
+
+
+@runtime_checkable
+class DevicePerturbing(Protocol):
+    """A model that forms `Perturbations` where it runs (adapter SDK; the torch adapter on CUDA).
+
+    `predict_perturbed` answers a batch given as pieces, each an array of inputs or a Perturbations,
+    with validated float64 probabilities (rows in order), exactly as predict_proba answers the
+    concatenated inputs; `forms_on_device` says whether doing so saves the host any work (an audit
+    with generator "auto" takes the counter generator only then)."""
+
+    forms_on_device: bool
+
+    def predict_perturbed(self, pieces: Sequence[Request]) -> np.ndarray: ...
+
+
+def materialize(pieces: Sequence[Request]) -> np.ndarray:
+    """The pieces' inputs concatenated, formed here."""
+    arrays = [p.materialize() if isinstance(p, Perturbations) else np.asarray(p) for p in pieces]
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
