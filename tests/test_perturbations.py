@@ -4,9 +4,11 @@ a device model would; one that does not gets them formed here, with the same num
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import run
 
 import fimaudit
 from fimaudit import CallableModel, InputSpec
@@ -187,3 +189,14 @@ def test_conformance_catches_a_model_that_forms_other_inputs() -> None:
     check_model(FormingModel())
     with pytest.raises(ConformanceError, match="predict_perturbed"):
         check_model(FormingModel(honest=False))
+
+
+def test_the_cli_takes_a_generator(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    common = ("audit", str(examples / "digits.onnx"), "--data", str(examples / "digits_test.npy"), "--limit", "1", "--quiet")
+    out = tmp_path / "r.json"
+    done = run(*common, "--directions", "8", "--generator", "counter", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert fimaudit.AuditReport.model_validate_json(out.read_text()).config.generator == "counter"
+    bad = run(*common, "--generator", "cuda", "--out", str(tmp_path / "b.json"))
+    assert bad.returncode == 2 and "generator must be auto, numpy or counter" in bad.stderr + bad.stdout

@@ -1,7 +1,7 @@
 """ONNX Runtime adapter for fimaudit: `fimaudit.load_model("model.onnx")`."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -12,8 +12,10 @@ from fimaudit.adapter import (
     ModelIdentity,
     OutputKind,
     ProbabilityModel,
+    Request,
     SimpleAdapter,
     file_sha256,
+    materialize,
     manifest_sha256,
     one_line,
     output_form,
@@ -21,9 +23,11 @@ from fimaudit.adapter import (
     resolve_input_shape,
     run_in_fixed_batches,
     shape_failure,
+    to_probabilities,
 )
 from fimaudit.errors import ModelError, UsageError
 from fimaudit.lipschitz_bound import Bound
+from fimaudit_onnx.device import device_of, run_formed
 
 __all__ = ["OnnxModel", "adapter", "external_data_files", "load", "model_files"]
 
@@ -78,6 +82,8 @@ class OnnxModel(ProbabilityModel):
         if self._shape_from != "model":
             self._probe(1)  # a shape chosen outside the file is run once here, so a wrong one is named as such
         self._sha256 = _files_sha256(self._files)
+        # Where the counter generator's inputs are formed (fimaudit_onnx.device): "cuda", or None (the host).
+        self._forming_device = device_of(self._session)
 
     @property
     def identity(self) -> ModelIdentity:
@@ -114,6 +120,21 @@ class OnnxModel(ProbabilityModel):
     def local_lambda_max_bound(self, x: np.ndarray, radius: float) -> None:
         """No local bound from an ONNX graph: only the global one (the torch adapter has local ones)."""
         return None
+
+    # -- perturbed inputs formed on the GPU (fimaudit.perturbations.DevicePerturbing) -----------
+    @property
+    def forms_on_device(self) -> bool:
+        """On the CUDA provider with torch and the torch adapter beside this one (fimaudit_onnx.device)."""
+        return self._forming_device is not None
+
+    def predict_perturbed(self, pieces: Sequence[Request]) -> np.ndarray:
+        """Probabilities for a batch of arrays and Perturbations: formed on the GPU and bound in place
+        where forms_on_device, else formed here (the same inputs either way)."""
+        if self._forming_device is None or self._fixed_batch:
+            return self.predict_proba(materialize(pieces))
+        raw = run_formed(self._session, self._input.name, self._output.name, pieces, self.input_spec.dtype,
+                         self.input_spec.shape, self._forming_device)
+        return to_probabilities(raw, len(raw), self.num_classes, self.output_kind)
 
     def _raw_predict(self, batch: np.ndarray) -> np.ndarray:
         n = len(batch)
