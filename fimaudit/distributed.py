@@ -21,6 +21,7 @@ import numpy as np
 from fimaudit.adapter import ProbabilityModel
 from fimaudit.errors import FimauditError, QueryError, UsageError
 from fimaudit.estimators import EstimatorConfig
+from fimaudit.threads import single_threaded_blas
 from fimaudit.report import SampleResult
 
 # Shards in flight per worker: one computing, one queued, so a worker never waits on the driver.
@@ -136,7 +137,10 @@ class _Worker:
         # Copy only this shard's rows out of the map: the worker's memory stays that of one shard.
         data = np.array(self._open(rows)[np.asarray(indices, dtype=np.intp)]) if isinstance(rows, MappedFile) else rows
         view: Any = ShardRows(data, indices)  # duck-typed: recompute reads arr[i] and arr.shape only
-        found = recompute(self.model, view, indices, self.cfg, self.tau)
+        # Each actor has its share of the cores (cpus_per_worker); numpy's BLAS would start a thread per
+        # core in every one of them, beside the model's own (fimaudit.threads).
+        with single_threaded_blas():
+            found = recompute(self.model, view, indices, self.cfg, self.tau)
         return [found[i] for i in indices]
 
     def _open(self, f: MappedFile) -> np.ndarray:

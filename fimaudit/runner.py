@@ -107,9 +107,11 @@ def audit(
     bounded = _bounded_model(model) if bound else None
     arr, stats = check_inputs(x, model.input_spec)
     # The step and its floor come from all the data, so --limit or --sample never change a sample's numbers.
+    shards = _ray_options(ray, workers)
     cfg, relative = estimator_config(
         model, stats, directions=directions, step=step, scheme=scheme, estimator=estimator, seed=seed,
         bootstrap=bootstrap, confidence=confidence, witness=witness, tau=tau, draws=draws, generator=generator,
+        remote_gpus=shards is not None and shards.gpus_per_worker > 0,
     )
     rows, selection, audited_digest = choose_rows(arr, stats, limit=limit, sample=sample, seed=seed)
     binding = {"tool": __version__, "model": ModelInfo.of(model).model_dump(), "data": stats.sha256, "config": asdict(cfg), "tau": tau}
@@ -118,7 +120,6 @@ def audit(
         # Journal indices are checked against all the data: a --limit may have grown, a --sample changed.
         wanted = rows if isinstance(rows, range) else set(rows)  # membership in O(1) either way
         resumed = {i: s for i, s in book.finished(len(arr)).items() if i in wanted} if book is not None else {}
-        shards = _ray_options(ray, workers)
         samples, sent, wall, rechecked = _run(model, arr, rows, cfg, tau, concurrency, progress, book, resumed, shards)
     finally:
         if book is not None:
@@ -151,7 +152,7 @@ def audit(
 def estimator_config(
     model: ProbabilityModel, stats: DataStats, *, directions: int, step: float | None, scheme: str, estimator: str,
     seed: int, bootstrap: int, confidence: float, witness: bool, tau: float, draws: str = "rademacher",
-    generator: str = "numpy",
+    generator: str = "numpy", remote_gpus: bool = False,
 ) -> tuple[EstimatorConfig, float | None]:
     """How every sample of an audit of data with these `stats` is estimated, and the step relative to
     the data's spread when it was derived from it. `fimaudit reproduce` rebuilds it the same way."""
@@ -171,17 +172,18 @@ def estimator_config(
     cfg = EstimatorConfig(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
         model.output_dtype, model.input_spec.dtype, adaptive_step=step is None, tau=tau, step_floor=floor,
-        draws=draws, generator=resolve_generator(generator, model, draws),  # type: ignore[arg-type]
+        draws=draws, generator=resolve_generator(generator, model, draws, remote_gpus),  # type: ignore[arg-type]
     )
     return cfg, relative
 
 
-def resolve_generator(option: str, model: ProbabilityModel, draws: str) -> str:
+def resolve_generator(option: str, model: ProbabilityModel, draws: str, remote_gpus: bool = False) -> str:
     """The generator an audit uses: "auto" takes the counter one where the model forms sign directions'
-    inputs on a device (where numpy's would keep the host busy), numpy's elsewhere."""
+    inputs on a device (where numpy's would keep the host busy), numpy's elsewhere. With `remote_gpus`
+    (Ray workers given GPUs) a model of a kind that forms them counts, whatever the driver's own device."""
     if option != "auto":
         return option
-    on_device = isinstance(model, DevicePerturbing) and model.forms_on_device
+    on_device = isinstance(model, DevicePerturbing) and (remote_gpus or model.forms_on_device)
     return "counter" if on_device and draws == "rademacher" else "numpy"
 
 

@@ -200,3 +200,14 @@ def test_the_cli_takes_a_generator(tmp_path: Path) -> None:
     assert fimaudit.AuditReport.model_validate_json(out.read_text()).config.generator == "counter"
     bad = run(*common, "--generator", "cuda", "--out", str(tmp_path / "b.json"))
     assert bad.returncode == 2 and "generator must be auto, numpy or counter" in bad.stderr + bad.stdout
+
+
+def test_ray_workers_with_gpus_take_the_counter_generator() -> None:
+    from fimaudit.runner import resolve_generator
+
+    on_cpu = FormingModel()
+    on_cpu.forms_on_device = False  # a model that could form inputs on a GPU, loaded on the driver's CPU
+    assert resolve_generator("auto", on_cpu, "rademacher") == "numpy"
+    assert resolve_generator("auto", on_cpu, "rademacher", remote_gpus=True) == "counter"
+    assert resolve_generator("auto", host_model(), "rademacher", remote_gpus=True) == "numpy"
+    assert resolve_generator("numpy", FormingModel(), "rademacher") == "numpy"

@@ -189,6 +189,25 @@ def test_ray_report_equals_the_local_one(cluster: str, tmp_path: Path, where: st
     assert sharded.summary.queries == local.summary.queries
 
 
+def test_workers_hold_numpys_blas_to_one_thread_while_they_compute(cluster: str, tmp_path: Path) -> None:
+    """An actor with 2 CPUs gets OMP_NUM_THREADS=2 from Ray: numpy's BLAS would then start 2 threads
+    beside the model's own; while it computes the estimators it holds them to one (fimaudit.threads)."""
+    seen = tmp_path / "blas"
+    seen.mkdir()
+
+    def fn(batch: np.ndarray) -> np.ndarray:
+        from fimaudit.threads import blas_thread_counts
+
+        (seen / f"{os.getpid()}-{secrets.token_hex(4)}").write_text(json.dumps(blas_thread_counts()))
+        return softmax_of(batch)
+
+    model = CallableModel(fn, InputSpec(shape=(8,), dtype="float64"), 3, max_batch_size=64)
+    options = RayOptions(address=cluster, workers=1, cpus_per_worker=2)
+    fimaudit.audit(model, inputs(3), ray=options, **SETTINGS)  # type: ignore[arg-type]
+    counts = [json.loads(f.read_text()) for f in seen.iterdir() if not f.name.startswith(f"{os.getpid()}-")]
+    assert counts and all(c and set(c) == {1} for c in counts), counts
+
+
 def test_mapped_file_only_for_a_whole_file(tmp_path: Path) -> None:
     np.save(tmp_path / "x.npy", inputs(4))
     mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
