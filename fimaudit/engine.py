@@ -99,9 +99,11 @@ class QueryEngine:
                         return
                     continue  # nothing could be sent: admission brings more rows next round
                 self._receive(inflight)
-                # Keep the model busy with the rows already waiting before computing on the answers.
-                self._submit(active, inflight, idle_ok=False)
-                self._advance_answered(active, on_done)
+                # Keep the model busy with the rows already waiting before computing on the answers (a
+                # sample's next request can take a while: its directions, its statistics).
+                idle_ok = exhausted or len(active) >= max_active
+                self._submit(active, inflight, idle_ok)
+                self._advance_answered(active, inflight, on_done, idle_ok)
         except BaseException:
             # An error or Ctrl-C: drop the queued batches and leave running ones behind rather
             # than wait out their timeouts and retries.
@@ -173,10 +175,17 @@ class QueryEngine:
                 entry.received += count
                 offset += count
 
-    def _advance_answered(self, active: list[_Active[R]], on_done: OnDone[R]) -> None:
+    def _advance_answered(
+        self, active: list[_Active[R]], inflight: dict[Future[np.ndarray], _Owners], on_done: OnDone[R], idle_ok: bool
+    ) -> None:
+        """Advance every answered sample; after each, send what is ready, so that the model starts on one
+        sample's next rows while the next sample computes (an idle model otherwise waits for all)."""
         for entry in [a for a in active if a.answered]:
             self._answer(entry, on_done)
-        active[:] = [a for a in active if a.request is not None]
+            if entry.request is None:
+                active.remove(entry)
+            else:
+                self._submit(active, inflight, idle_ok)
 
     def _lost(self, exc: QueryError, owners: _Owners, inflight: dict[Future[np.ndarray], _Owners]) -> QueryError:
         """The same error, naming every sample whose queries were lost, so nothing fails silently."""

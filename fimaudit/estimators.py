@@ -59,6 +59,8 @@ BLOCK_BYTES = 16 * 2**20
 ORTHOGONAL_MAX_ENTRIES = 4_000_000
 ORTHOGONAL_MIN_FRACTION = 1 / 16
 ORTHOGONAL_GROUP = 512
+# Largest |Q^T Q - I| entry accepted from CholeskyQR (orthonormal_rows).
+ORTHOGONALITY = 1e-12
 # The witness direction needs sum_j omega_j y_j^T (d x K); skip it when that would be large.
 WITNESS_MAX_ENTRIES = 20_000_000
 WITNESS_MIN_RATIO = 64
@@ -69,6 +71,8 @@ DENSE_RANK = 32
 LANCZOS_TOL = 1e-13
 LANCZOS_MAX_STEPS = 120
 LANCZOS_CHUNK = 64
+# Counter sign rows per request (see direction_blocks).
+COUNTER_BLOCK = 256
 # Coordinate mode measures all d coordinates at up to this many successive steps (see coordinate_passes).
 COORDINATE_PASSES = 3
 
@@ -348,7 +352,9 @@ def direction_blocks(
     if d * min(k, d, ORTHOGONAL_GROUP) <= ORTHOGONAL_MAX_ENTRIES and k >= ORTHOGONAL_MIN_FRACTION * d:
         return "orthogonal", _orthogonal_blocks(rng, d, k, per_block)
     if cfg.draws == "rademacher" and cfg.generator == "counter" and key is not None:
-        return "rademacher", (SignRows(key, lo, min(k, lo + per_block), d) for lo in range(0, k, per_block))
+        # Rows are described, not held: blocks need not shrink with d (the engine forms at most a batch at
+        # once where the host forms them), and the split never changes a row.
+        return "rademacher", (SignRows(key, lo, min(k, lo + COUNTER_BLOCK), d) for lo in range(0, k, COUNTER_BLOCK))
     if cfg.draws == "rademacher":
         return "rademacher", _rademacher_blocks(rng, d, k, per_block)
     return "gaussian", _gaussian_blocks(rng, d, k, per_block)
@@ -381,32 +387,37 @@ def _orthogonal_blocks(rng: np.random.Generator, d: int, k: int, per_block: int)
     done = 0
     while done < k:
         size = min(k - done, d, ORTHOGONAL_GROUP)
-        group = orthonormal_columns(rng.standard_normal((d, size))).T * np.sqrt(d)
+        group = orthonormal_rows(rng.standard_normal((d, size)))
+        group *= np.sqrt(d)
         for start in range(0, size, per_block):
             yield group[start : start + per_block]
         done += size
 
 
-def orthonormal_columns(a: np.ndarray) -> np.ndarray:
-    """Q of a = QR with R's diagonal positive: for Gaussian a, Haar-distributed columns.
+def orthonormal_rows(a: np.ndarray) -> np.ndarray:
+    """Q^T, C-contiguous, for a = QR with R's diagonal positive: for Gaussian a, Haar-distributed rows
+    (the directions, each row contiguous so that forming inputs from it streams through memory).
 
-    CholeskyQR2 (R from the Cholesky factor of a^T a, applied twice for full orthogonality) is all
-    matrix products, which stay fast when the model's threads share the cores; Householder QR
-    (np.linalg.qr) ran 5-10x slower then. Its Q is the same factor (positive-diagonal QR is unique).
-    Gaussian a is well conditioned unless square and unlucky: then Cholesky fails, and QR decides.
+    CholeskyQR (Q^T = L^-1 a^T, L the Cholesky factor of a^T a) is all matrix products, which stay fast
+    when the model's threads share the cores; Householder QR (np.linalg.qr) ran 5-10x slower then, and a
+    triangular solve 3x slower than the product with L^-1. Its Q is the same factor (positive-diagonal
+    QR is unique); one pass loses orthogonality like cond(a)^2 u, so Q^T Q is checked and a second
+    pass taken where it is off by more than ORTHOGONALITY (tall Gaussian blocks are well conditioned:
+    one pass is the rule). Square unlucky draws can make Cholesky fail, and then QR decides.
     """
-    q = a
+    eye = np.eye(a.shape[1])
+    rows, gram = a.T, a.T @ a
     try:
         for _ in range(2):
-            lower = np.linalg.cholesky(q.T @ q)
-            q = scipy.linalg.solve_triangular(lower, q.T, lower=True).T
-        # After a good first pass the second factor is ~I; far from it, a was near singular.
-        if np.abs(np.diag(lower) - 1).max() < 1e-6:
-            return q
+            lower = np.linalg.cholesky(gram)
+            rows = scipy.linalg.solve_triangular(lower, eye, lower=True) @ rows
+            gram = rows @ rows.T
+            if np.abs(gram - eye).max() < ORTHOGONALITY:
+                return rows
     except np.linalg.LinAlgError:
         pass
     q, r = np.linalg.qr(a)
-    return q * np.sign(np.diag(r))
+    return np.ascontiguousarray((q * np.sign(np.diag(r))).T)
 
 
 def _rademacher_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> Iterator[np.ndarray]:

@@ -127,7 +127,8 @@ def test_optional_abilities_are_protocols(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch", reason="torch is installed by adapters/torch/install.sh")
     import fimaudit_torch
 
-    torch_model = fimaudit_torch.TorchModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), input_shape=(4,))
+    # outputs declared: an unseeded random Linear can emit scores in [0, 1] that the detection rightly refuses
+    torch_model = fimaudit_torch.TorchModel(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3)), input_shape=(4,), outputs="logits")
     assert isinstance(torch_model, WhiteBoxModel)
     figures = torch_model.exact_fisher(np.zeros((1, 4), np.float32))
     assert figures[0].lambda_max >= 0 and figures[0].trace >= figures[0].lambda_max - 1e-12

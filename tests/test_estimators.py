@@ -160,18 +160,19 @@ def test_default_step_scales_with_the_data(models_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("shape", [(300, 40), (64, 64), (500, 3)])
-def test_orthonormal_columns_equal_householder_qr(shape: tuple[int, int]) -> None:
-    from fimaudit.estimators import orthonormal_columns
+def test_orthonormal_rows_equal_householder_qr(shape: tuple[int, int]) -> None:
+    from fimaudit.estimators import orthonormal_rows
 
     a = np.random.default_rng(shape[1]).standard_normal(shape)
     q, r = np.linalg.qr(a)
     q *= np.sign(np.diag(r))
-    got = orthonormal_columns(a)
+    got = orthonormal_rows(a).T
+    assert got.T.flags.c_contiguous
     np.testing.assert_allclose(got, q, atol=1e-10)
     np.testing.assert_allclose(got.T @ got, np.eye(shape[1]), atol=1e-12)
     singular = a.copy()
     singular[:, -1] = singular[:, 0]  # rank-deficient: Cholesky fails and QR takes over
-    fallback = orthonormal_columns(singular)
+    fallback = orthonormal_rows(singular).T
     np.testing.assert_allclose(fallback.T @ fallback, np.eye(shape[1]), atol=1e-12)
 
 
