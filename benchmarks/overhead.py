@@ -207,10 +207,14 @@ def batch_key(batch: Batch | list[Request]) -> bytes:
 
 def pieces_key(pieces: list[Request]) -> tuple[Any, ...]:
     """Identifies a batch given as pieces without forming it: Perturbations by what they describe."""
-    return tuple(
-        batch_key(p) if isinstance(p, np.ndarray) else (p.rows.key, p.rows.start, p.rows.stop, p.scales, p.lo, p.hi, p.origin.tobytes()[:64])
-        for p in pieces
-    )
+    return tuple(batch_key(p) if isinstance(p, np.ndarray) else (_rows_key(p.rows), p.scales, p.lo, p.hi, p.origin.tobytes()[:64]) for p in pieces)
+
+
+def _rows_key(rows: Any) -> Any:
+    if hasattr(rows, "key"):
+        return rows.key, rows.start, rows.stop
+    array = getattr(rows, "bits", rows)
+    return array.shape, array[:1].tobytes()[:256]
 
 
 # Raw outputs of the batches sent as pieces, by pieces_key (the device path's replay answers from it).

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import fimaudit  # noqa: E402
 from fimaudit import estimators  # noqa: E402
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sketch_statistics  # noqa: E402
+from fimaudit.perturbations import Perturbations, SignRows  # noqa: E402
 
 Predict = Callable[[np.ndarray], np.ndarray]
 TARGET_ERROR = 0.05
@@ -148,11 +149,15 @@ def stand_in(d: int, classes: int = 10) -> Predict:
     return predict
 
 
-def drive(task: Generator[np.ndarray, np.ndarray, SampleEstimate], predict: Predict) -> tuple[SampleEstimate, float]:
-    """Run one sample's estimate against `predict`; returns it and the CPU seconds spent in `predict`."""
+def drive(task: Generator[Any, np.ndarray, SampleEstimate], predict: Predict) -> tuple[SampleEstimate, float]:
+    """Run one sample's estimate against `predict`; returns it and the CPU seconds spent in `predict`.
+    Requests with explicit directions are formed here, outside that time: the engine forms them on the
+    host, part of the audit's arithmetic. Counter sign rows go to `predict` as they are (a device's work)."""
     model_cpu = 0.0
     batch = next(task)
     while True:
+        if isinstance(batch, Perturbations) and not isinstance(batch.rows, SignRows):
+            batch = batch.materialize()
         t0 = time.process_time()
         out = predict(batch)
         model_cpu += time.process_time() - t0

@@ -20,7 +20,7 @@ from typing import Literal
 import numpy as np
 
 from fimaudit.diagnostics import COMPLEMENT_ABOVE, ResolutionProbe
-from fimaudit.perturbations import Perturbations, Request, SignRows
+from fimaudit.perturbations import Directions, Perturbations, Request
 
 Scheme = Literal["central", "forward", "richardson"]
 # What the user asks for: a scheme, or "auto" (central pilot; forward where it is unbiased, see decide_scheme).
@@ -93,13 +93,13 @@ class FiniteDifferences:
     def at(self, step: float, probe: ResolutionProbe | None = None) -> FiniteDifferences:
         return replace(self, step=step, probe=self.probe if probe is None else probe)
 
-    def jvp(self, directions: np.ndarray | SignRows) -> Generator[Request, np.ndarray, np.ndarray]:
+    def jvp(self, directions: Directions) -> Generator[Request, np.ndarray, np.ndarray]:
         """Rows A v_j for the rows v_j of `directions` (b, d), from perturbed queries."""
         y, _ = yield from self.jvp_and_asymmetry(directions)
         return y
 
     def jvp_and_asymmetry(
-        self, directions: np.ndarray | SignRows
+        self, directions: Directions
     ) -> Generator[Request, np.ndarray, tuple[np.ndarray, float | None]]:
         """The JVPs, and ||D+ - D-|| / ||D+ + D-|| of the one-sided quotients D+ = (l(x+hv) - l(x))/h and
         D- = (l(x) - l(x-hv))/h (free with central differences; None for forward ones). Where the model is
@@ -128,22 +128,12 @@ class FiniteDifferences:
         total = float(np.linalg.norm(up + down))
         return deriv * root, float(np.linalg.norm(up - down)) / total if total > 0 else None
 
-    def _inputs(self, directions: np.ndarray | SignRows, points: tuple[float, ...]) -> Request:
-        """x + s h v for each point s and direction v (point-major). Counter sign rows become a request
-        the model may form where it runs (fimaudit.perturbations); arrays are formed here."""
-        origin = self.origin()
-        if isinstance(directions, SignRows):
-            return Perturbations(origin, self.shape, tuple(s * self.step for s in points), directions, dtype=self.dtype)
-        # Built straight in the model's dtype, in place: half the memory traffic of float64 for float32
-        # models. x + (h v) is rounded to that dtype once more than before, within its resolution,
-        # which the step already keeps clear of (INPUT_MARGIN).
-        b = len(directions)
-        inputs = np.empty((len(points) * b, self.flat.size), dtype=self.dtype)
-        for i, s in enumerate(points):
-            block = inputs[i * b : (i + 1) * b]
-            np.multiply(directions, s * self.step, out=block, casting="unsafe")
-            block += origin
-        return inputs.reshape(len(inputs), *self.shape)
+    def _inputs(self, directions: Directions, points: tuple[float, ...]) -> Request:
+        """x + s h v for each point s and direction v (point-major), as a request: formed by the engine
+        into the batch it is sent in, or by the model where it runs (fimaudit.perturbations). They are
+        formed in the model's dtype: x + (h v) is rounded to it once more than in float64, within its
+        resolution, which the step already keeps clear of (INPUT_MARGIN)."""
+        return Perturbations(self.origin(), self.shape, tuple(s * self.step for s in points), directions, dtype=self.dtype)
 
     def origin(self) -> np.ndarray:
         """x in the input dtype, cast once per input and shared by every request (never written to)."""

@@ -17,7 +17,7 @@ import scipy.sparse.linalg
 
 from fimaudit.diagnostics import ResolutionProbe
 from fimaudit.perturbations import Generator as DirectionGenerator
-from fimaudit.perturbations import Request, SignRows, counter_key
+from fimaudit.perturbations import Request, SignBits, SignRows, counter_key
 from fimaudit.differences import (
     DIRECTION_ERROR,
     ERROR_TARGET,
@@ -258,7 +258,7 @@ Witness = Callable[[np.ndarray], np.ndarray]
 
 
 def _measure(
-    fd: FiniteDifferences, blocks: Iterator[np.ndarray | SignRows], witness_d: int
+    fd: FiniteDifferences, blocks: Iterator[np.ndarray | SignBits | SignRows], witness_d: int
 ) -> Generator[Request, np.ndarray, tuple[np.ndarray, Witness | None]]:
     """All k JVPs (rows), and the witness when witness_d > 0."""
     cross = np.zeros((fd.p.size, witness_d)) if witness_d else None  # K x d: row-major products are fast
@@ -272,7 +272,8 @@ def _measure(
         elif cross is not None:
             # Accumulates Y^T Omega so the witness needs no regeneration; in the directions' dtype
             # (float32 signs: a direction to query along needs no more precision than that).
-            cross += y.T.astype(block.dtype) @ block
+            dense = block.signs() if isinstance(block, SignBits) else block
+            cross += y.T.astype(dense.dtype) @ dense
     y_all = np.concatenate(rows, axis=0)
     if cross is None:
         return y_all, None
@@ -343,7 +344,7 @@ def step_flags(choice: StepChoice, step_norm: float, lam: float, tau: float) -> 
 
 def direction_blocks(
     method: str, d: int, k: int, rng: np.random.Generator, cfg: EstimatorConfig, key: tuple[int, int] | None = None,
-) -> tuple[DirectionsKind, Iterator[np.ndarray | SignRows]]:
+) -> tuple[DirectionsKind, Iterator[np.ndarray | SignBits | SignRows]]:
     """The k directions (rows, E[v v^T] = I) in memory-bounded blocks, seeded by rng; with the counter
     generator, sign directions are SignRows of `key` (counter_key(seed, index)), formed where the model runs."""
     per_block = directions_per_block(d, cfg)
@@ -420,21 +421,18 @@ def orthonormal_rows(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((q * np.sign(np.diag(r))).T)
 
 
-def _rademacher_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> Iterator[np.ndarray]:
+def _rademacher_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> Iterator[SignBits]:
     """Rows of independent random signs. Like Gaussian rows they have E[v v^T] = I, so Y Y^T / k
     estimates A A^T and Hutchinson's trace is unbiased, and every row has length sqrt(d) exactly. For
     a unit vector u, Var (u.v)^2 is 2(1 - sum u_i^4) against Gaussian's 2: never worse, so the sketch's
     error law (docs/math.md) holds. They are drawn as bits, about 100x cheaper than normals, which
     were the largest share of the audit's own arithmetic (docs/benchmarks/arithmetic.md).
-    All k rows' bits are drawn at once (k d / 8 bytes), so the block size never changes them; float32
-    rows (+-1 exactly) halve the memory traffic of forming the perturbed inputs."""
+    All k rows' bits are drawn at once (k d / 8 bytes), so the block size never changes them; they stay
+    bits (a byte per coordinate), from which the inputs are formed by selection (Perturbations)."""
     width = -(-d // 8)
     packed = np.frombuffer(rng.bytes(k * width), dtype=np.uint8).reshape(k, width)
     for start in range(0, k, per_block):
-        rows = np.unpackbits(packed[start : start + per_block], axis=1, count=d).astype(np.float32)
-        rows *= -2.0
-        rows += 1.0
-        yield rows
+        yield SignBits(np.unpackbits(packed[start : start + per_block], axis=1, count=d).view(bool))
 
 
 def _gaussian_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> Iterator[np.ndarray]:
@@ -503,12 +501,19 @@ def jackknife(us: np.ndarray, full: float) -> float:
     if us.shape[1] == 0:
         return full
     groups = np.array_split(np.arange(k), min(k, JACKKNIFE_GROUPS))
-    total = us.T @ us
-    leave_out = [
-        _top_eigenvalue((total - us[g].T @ us[g]) / (k - len(g))) for g in groups
-    ]
-    g = len(groups)
-    return g * full - (g - 1) * float(np.mean(leave_out))
+    if us.shape[1] > DENSE_RANK:
+        # Each leave-a-group-out matrix is us^T diag(w) us with w zero on the group: batched Lanczos, as for
+        # the bootstrap, rather than one r x r eigenproblem per group (25 ms an input at r = 256).
+        weights = np.zeros((len(groups), k))
+        for row, group in zip(weights, groups):
+            row[:] = 1.0 / (k - len(group))
+            row[group] = 0.0
+        leave_out = list(batched_top(us, weights))
+    else:
+        total = us.T @ us
+        leave_out = [_top_eigenvalue((total - us[group].T @ us[group]) / (k - len(group))) for group in groups]
+    n = len(groups)
+    return n * full - (n - 1) * float(np.mean(leave_out))
 
 
 def bootstrap_lambdas(us: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:

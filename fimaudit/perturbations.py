@@ -2,10 +2,12 @@
 
 A sketch of k sign directions at a 224x224 input is k x d = 154 million coordinates per input; forming
 x + s h v for them in numpy writes 300-600 MB per input on the host, which kept a GPU audit
-CPU-bound (docs/benchmarks/gpu.md). So the estimator can yield a `Perturbations` request instead:
-"the origin x, these step multiples, sign rows j0..j1 of this sample's counter generator". A model
-that forms inputs itself (a `DevicePerturbing` one: the torch adapter on CUDA) receives the request
-and generates the signs where it runs; any other model gets the same rows formed here in numpy.
+CPU-bound (docs/benchmarks/gpu.md). So the estimator yields `Perturbations` requests instead: "the
+origin x, these step multiples, these directions", the directions either an array or sign rows
+j0..j1 of this sample's counter generator. A model that forms inputs itself (a `DevicePerturbing`
+one: the torch adapter on CUDA) receives the request and generates counter signs where it runs; any
+other model gets the inputs formed here, once, straight into the batch it is sent (the engine's
+batches mix several samples' requests, and forming each into its own array first cost a copy).
 
 The counter generator makes that possible: the sign of coordinate c of row j is bit c % 32 of
 word(j, c // 32), a fixed integer hash of (key, j, c // 32) in 32-bit arithmetic (murmur3's fmix32
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -102,17 +104,53 @@ class SignRows:
 
 
 @dataclass(frozen=True)
+class SignBits:
+    """Sign directions held as one byte per coordinate (True: -1), as numpy's generator draws them: the
+    inputs are formed from the bits by selection, never through +-1 floats (a quarter of the memory
+    traffic). `signs()` gives the +-1 rows where they are needed (the witness; benchmarks' replays)."""
+
+    bits: np.ndarray  # (b, d) bool
+
+    def __len__(self) -> int:
+        return len(self.bits)
+
+    def part(self, start: int, stop: int) -> SignBits:
+        return SignBits(self.bits[start:stop])
+
+    def signs(self, dtype: str = "float32") -> np.ndarray:
+        rows = self.bits.astype(dtype)
+        rows *= -2.0
+        rows += 1.0
+        return rows
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        return self.signs() if dtype is None else self.signs().astype(dtype)
+
+    def __matmul__(self, other: np.ndarray) -> np.ndarray:
+        return self.signs() @ other
+
+
+# A request's directions: an array (b, d), bits of signs, or counter sign rows.
+Directions = SignRows | SignBits | np.ndarray
+
+
+def _part(rows: Directions, start: int, stop: int) -> Directions:
+    return rows[start:stop] if isinstance(rows, np.ndarray) else rows.part(start, stop)
+
+
+@dataclass(frozen=True)
 class Perturbations:
     """The inputs x + scale_i * v_j for each scale (point-major: all rows at scales[0] first), lazily.
 
     Rows lo..hi of that sequence make this request; the engine slices requests into batches. `origin`
-    is x flattened, in the model's input dtype, and never changes (it is shared, not copied).
+    is x flattened, in the model's input dtype, and `rows` the directions; neither changes after the
+    request is made (they are shared, not copied).
     """
 
     origin: np.ndarray
     shape: tuple[int, ...]
     scales: tuple[float, ...]
-    rows: SignRows
+    rows: Directions
     lo: int = 0
     hi: int = -1
     dtype: str = field(default="float32")
@@ -128,24 +166,36 @@ class Perturbations:
         start, stop, _ = where.indices(len(self))
         return replace(self, lo=self.lo + start, hi=self.lo + max(start, stop))
 
-    def pieces(self) -> Iterator[tuple[float, SignRows]]:
-        """(scale, the sign rows at that scale) covering this request's rows, in order."""
+    def pieces(self) -> Iterator[tuple[float, Directions]]:
+        """(scale, the directions at that scale) covering this request's rows, in order."""
         b = len(self.rows)
         for i, scale in enumerate(self.scales):
             lo, hi = max(self.lo, i * b), min(self.hi, (i + 1) * b)
             if lo < hi:
-                yield scale, self.rows.part(lo - i * b, hi - i * b)
+                yield scale, _part(self.rows, lo - i * b, hi - i * b)
 
-    def materialize(self) -> np.ndarray:
-        """The inputs, formed here: (len, *shape) in the input dtype, as a device forms them
-        (x + round(scale) * (+-1): one rounding, the same on every IEEE device)."""
-        out = np.empty((len(self), self.origin.size), dtype=self.dtype)
+    def form_into(self, out: np.ndarray) -> None:
+        """Write this request's inputs into `out` (len(self), d) in the input dtype: x + scale * v, the
+        product rounded once to that dtype (for signs, +-round(scale): the same on every IEEE device)."""
         at = 0
         for scale, rows in self.pieces():
             block = out[at : at + len(rows)]
-            np.multiply(rows.signs(self.dtype), self.dtype_scale(scale), out=block)
-            block += self.origin
             at += len(rows)
+            if isinstance(rows, SignBits):
+                # bit * (-2 step) + step is +-step exactly (step = the scale rounded to the dtype; doubling is
+                # exact), then x + that rounds once: what the product with +-1 gives, in three passes.
+                step = np.asarray(scale, dtype=self.dtype)
+                np.multiply(rows.bits.view(np.uint8), -2 * step, out=block)
+                block += step
+                block += self.origin
+                continue
+            np.multiply(rows.signs(self.dtype) if isinstance(rows, SignRows) else rows, scale, out=block, casting="unsafe")
+            block += self.origin
+
+    def materialize(self) -> np.ndarray:
+        """The inputs, formed here: (len, *shape) in the input dtype."""
+        out = np.empty((len(self), self.origin.size), dtype=self.dtype)
+        self.form_into(out)
         return out.reshape(len(out), *self.shape)
 
     def dtype_scale(self, scale: float) -> np.generic:
@@ -171,6 +221,19 @@ class DevicePerturbing(Protocol):
 
 
 def materialize(pieces: Sequence[Request]) -> np.ndarray:
-    """The pieces' inputs concatenated, formed here."""
-    arrays = [p.materialize() if isinstance(p, Perturbations) else np.asarray(p) for p in pieces]
-    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    """The pieces' inputs concatenated, formed here: each request straight into its rows of the batch."""
+    formed = [p for p in pieces if isinstance(p, Perturbations)]
+    if not formed:
+        arrays = [np.asarray(p) for p in pieces]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    first = formed[0]
+    out = np.empty((sum(len(p) for p in pieces), first.origin.size), dtype=first.dtype)
+    at = 0
+    for piece in pieces:
+        rows = out[at : at + len(piece)]
+        if isinstance(piece, Perturbations):
+            piece.form_into(rows)
+        else:
+            rows[...] = np.asarray(piece).reshape(len(rows), -1)
+        at += len(piece)
+    return out.reshape(len(out), *first.shape)

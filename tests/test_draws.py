@@ -12,6 +12,7 @@ import fimaudit
 from fimaudit import CallableModel, InputSpec
 from fimaudit.diagnostics import ResolutionProbe
 from fimaudit.differences import FiniteDifferences, binary_step
+from fimaudit.perturbations import Perturbations
 from fimaudit.report import AuditConfig
 
 D, CLASSES = 8192, 4  # k <= 256 < d / 16: i.i.d. directions, not orthogonal groups
@@ -95,8 +96,9 @@ def test_the_cli_takes_draws(tmp_path) -> None:  # type: ignore[no-untyped-def]
 def _jvps(fd: FiniteDifferences, directions: np.ndarray, predict_fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     task = fd.jvp(directions)
     batch = next(task)
+    assert isinstance(batch, Perturbations)  # formed by the engine (or the model), into the batch it is sent in
     try:
-        task.send(predict_fn(batch))
+        task.send(predict_fn(batch.materialize()))
     except StopIteration as stop:
         return np.asarray(stop.value)
     raise AssertionError("the JVP generator asked for a second batch")

@@ -59,6 +59,9 @@ class FormingModel(CallableModel):
             if not isinstance(piece, Perturbations):
                 rows.extend(np.asarray(piece))
                 continue
+            if not isinstance(piece.rows, SignRows):  # the pilot's own few directions, given explicitly
+                rows.extend(piece.origin + scale * v for scale, part in piece.pieces() for v in np.asarray(part, np.float64))
+                continue
             self.requests.append(piece)
             for scale, block in piece.pieces():
                 words = sign_words(block.key, block.start, block.stop, block.d)

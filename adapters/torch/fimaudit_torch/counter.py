@@ -52,16 +52,17 @@ def signs(rows: SignRows, device: torch.device, dtype: torch.dtype) -> torch.Ten
 
 
 def form_inputs(pieces: Sequence[Request], device: torch.device, dtype: torch.dtype, shape: tuple[int, ...]) -> torch.Tensor:
-    """The batch the pieces describe, on `device`: arrays are copied there, Perturbations formed there
-    as x + scale * v with the scale rounded once to the input dtype (as Perturbations.materialize does)."""
+    """The batch the pieces describe, on `device`: counter sign rows formed there as x + scale * v with
+    the scale rounded once to the input dtype (as Perturbations.form_into does); arrays, and requests
+    with explicit directions (the step pilot's few, or numpy's generator), formed on the host and copied."""
     parts = []
     for piece in pieces:
-        if not isinstance(piece, Perturbations):
-            array = np.ascontiguousarray(piece)  # copied where read-only: torch does not take those
-            parts.append(torch.from_numpy(array if array.flags.writeable else array.copy()).to(device, dtype).reshape(-1, *shape))
+        if not isinstance(piece, Perturbations) or not isinstance(piece.rows, SignRows):
+            host = piece.materialize() if isinstance(piece, Perturbations) else np.array(piece)  # torch needs writable
+            parts.append(torch.from_numpy(np.ascontiguousarray(host)).to(device, dtype).reshape(-1, *shape))
             continue
         origin = torch.from_numpy(np.array(piece.origin)).to(device, dtype)
         for scale, rows in piece.pieces():
             step = torch.tensor(float(piece.dtype_scale(scale)), dtype=dtype, device=device)
-            parts.append((signs(rows, device, dtype) * step + origin).reshape(-1, *shape))
+            parts.append((signs(rows, device, dtype) * step + origin).reshape(-1, *shape))  # type: ignore[arg-type]
     return parts[0] if len(parts) == 1 else torch.cat(parts)
