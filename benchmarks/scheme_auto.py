@@ -110,16 +110,23 @@ def queries_for(rows: list[dict[str, Any]], target: float = TARGET_ERROR) -> flo
     return (c / target) ** 2
 
 
-def ocr_subject() -> list[tuple[str, Any, np.ndarray, np.ndarray]]:
-    """rapidocr's text-direction classifier: third-party weights shipped in a PyPI package."""
-    import zoo_rapidocr
-
-    entry = zoo_rapidocr.prepare()
+def zoo_subject(module: str) -> list[tuple[str, Any, np.ndarray, np.ndarray]]:
+    """A third-party network of the real-model benchmark (benchmarks/zoo_*.py: weights shipped in a
+    package, exact lambda from autograd), read from its cache."""
+    entry = __import__(module).prepare()
     return [(entry.name, fimaudit.load_model(str(entry.model_path), **entry.load_options), entry.inputs, entry.exact_lambda)]
 
 
+def ocr_subject() -> list[tuple[str, Any, np.ndarray, np.ndarray]]:
+    """rapidocr's text-direction classifier: third-party weights shipped in a PyPI package."""
+    return zoo_subject("zoo_rapidocr")
+
+
+SEEDS = 1  # --seeds: audits per arm, seeds 0..SEEDS-1 (more seeds steady the medians of few inputs)
+
+
 def part_queries(quick: bool, which: Callable[[bool], list[tuple[str, Any, np.ndarray, np.ndarray]]] | None = None) -> list[dict[str, Any]]:
-    seeds = [0]
+    seeds = list(range(SEEDS))
     ks = [128, 512] if quick else [128, 256, 512]
     out = []
     for name, model, x, exact in (which or subjects)(quick):
@@ -250,7 +257,7 @@ def render(data: dict[str, Any]) -> str:
              "(`--scheme auto`) until its arithmetic and third-party-network figures are in; both in this one run.", ""]
     if data.get("notes"):  # the reading, written after the run (kept in the JSON so a rerun keeps it)
         lines += ["## Reading", ""] + [f"- {n}" for n in data["notes"]] + [""]
-    measured = data.get("queries", []) + data.get("queries_ocr", [])
+    measured = data.get("queries", []) + data.get("queries_ocr", []) + data.get("queries_fer", []) + data.get("queries_efficientnet", [])
     if measured:
         lines += ["## Queries per input for a 5% median error", "",
                   "| model | d | inputs × seeds | scheme | k (budget) | queries/input | median | p90 | coverage | forward share |",
@@ -294,12 +301,17 @@ def main() -> None:
     ap.add_argument("--parts", default="queries,arithmetic,float32")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int, default=1, help="seeds per arm in the queries parts")
     args = ap.parse_args()
+    global SEEDS
+    SEEDS = args.seeds
     path = args.out / "scheme_auto.json"
     data: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
     data["machine"] = f"{platform.machine()}, {len(__import__('os').sched_getaffinity(0))} CPU cores (shared), fimaudit {fimaudit.__version__}"
     parts = {"queries": part_queries, "arithmetic": part_arithmetic, "float32": part_float32, "float32_fd": part_float32_fd,
-             "queries_ocr": lambda quick: part_queries(quick, lambda _: ocr_subject())}
+             "queries_ocr": lambda quick: part_queries(quick, lambda _: ocr_subject()),
+             "queries_fer": lambda quick: part_queries(quick, lambda _: zoo_subject("zoo_keras")),
+             "queries_efficientnet": lambda quick: part_queries(quick, lambda _: zoo_subject("zoo_efficientnet"))}
     for name in args.parts.split(","):
         t0 = time.perf_counter()
         data[name] = parts[name](args.quick)

@@ -1,7 +1,9 @@
 """The query engine: every model query of an audit goes through here.
 
-Estimators are generators: each yields a block of inputs (m, *shape) and receives their
-probabilities (m, K) back. The engine interleaves the blocks of many samples into full batches of
+Estimators are generators: each yields a block of m inputs (an array (m, *shape), or Perturbations
+that describe them: fimaudit.perturbations) and receives their probabilities (m, K) back. Described
+inputs are formed once, straight into the batch they are sent in, or by the model itself where it
+forms them on its device. The engine interleaves the blocks of many samples into full batches of
 the model's maximum size, so a 5-row request of one sample shares a batch with those of others,
 counts every row it sends, retries transient faults, and keeps up to `concurrency` batches in
 flight on worker threads while the estimators' arithmetic runs on the calling thread: the model
