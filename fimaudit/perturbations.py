@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -106,8 +106,8 @@ class SignRows:
 @dataclass(frozen=True)
 class SignBits:
     """Sign directions held as one byte per coordinate (True: -1), as numpy's generator draws them: the
-    inputs are formed from the bits by selection, never through +-1 floats (a quarter of the memory
-    traffic). `signs()` gives the +-1 rows where they are needed (the witness; benchmarks' replays)."""
+    inputs are formed from the bits (Perturbations.form_into), never through +-1 floats, a quarter of
+    their memory. `signs()` gives the +-1 rows where they are needed (the witness; benchmarks' replays)."""
 
     bits: np.ndarray  # (b, d) bool
 
@@ -153,7 +153,7 @@ class Perturbations:
     rows: Directions
     lo: int = 0
     hi: int = -1
-    dtype: str = field(default="float32")
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.hi < 0:
