@@ -224,7 +224,7 @@ def _provenance(report: AuditReport, signers: Sequence[str]) -> str:
 
 
 def _method(c: AuditConfig) -> str:
-    return (f"{c.estimator}, {c.directions} directions, {c.scheme} differences, {_step_rule(c)}, "
+    return (f"{c.estimator}, {c.directions} directions ({c.draws} where not orthogonal, {c.generator} generator), {c.scheme} differences, {_step_rule(c)}, "
             f"{c.confidence:.0%} interval: {c.interval_method}")
 
 

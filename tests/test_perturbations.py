@@ -214,3 +214,30 @@ def test_ray_workers_with_gpus_take_the_counter_generator() -> None:
     assert resolve_generator("auto", on_cpu, "rademacher", remote_gpus=True) == "counter"
     assert resolve_generator("auto", host_model(), "rademacher", remote_gpus=True) == "numpy"
     assert resolve_generator("numpy", FormingModel(), "rademacher") == "numpy"
+
+
+def test_html_report_names_the_generator() -> None:
+    from fimaudit.render import render_html
+
+    report = fimaudit.audit(host_model(), X[:1], directions=32, generator="counter", bootstrap=100)
+    assert "counter generator" in render_html(report)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("scale", [2.0**-10, 1.234567e-3])
+def test_inputs_from_sign_bits_equal_those_from_signs(dtype: str, scale: float) -> None:
+    """numpy's sign directions are formed from their bits (bit * -2h + h + x): the same inputs, bit for
+    bit, as the product with +-1 floats gives, for any step and dtype."""
+    from fimaudit.perturbations import SignBits
+
+    rng = np.random.default_rng(4)
+    origin = rng.uniform(-3, 3, 300).astype(dtype)
+    bits = rng.integers(0, 2, (7, 300), dtype=np.uint8).view(bool)
+    formed = Perturbations(origin, (300,), (scale, -scale), SignBits(bits), dtype=dtype).materialize()
+    signs = 1.0 - 2.0 * bits.astype(dtype)
+    expected = np.empty((14, 300), dtype)
+    for i, s in enumerate((scale, -scale)):
+        block = expected[7 * i : 7 * i + 7]
+        np.multiply(signs, s, out=block, casting="unsafe")
+        block += origin
+    assert np.array_equal(formed, expected)
