@@ -73,6 +73,8 @@ LANCZOS_MAX_STEPS = 120
 LANCZOS_CHUNK = 64
 # Counter sign rows per request (see direction_blocks).
 COUNTER_BLOCK = 256
+# Rank coordinates keep the directions whose squared singular value is above this share of the top's.
+RANK_FLOOR = 1e-13
 # Coordinate mode measures all d coordinates at up to this many successive steps (see coordinate_passes).
 COORDINATE_PASSES = 3
 
@@ -480,12 +482,27 @@ def sketch_statistics(y: np.ndarray, *, exact: bool, cfg: EstimatorConfig, index
 
 
 def _rank_coordinates(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-    """(U S restricted to the non-zero singular values, the top right singular vector, the top
-    singular value): y's rows in an r-dimensional basis where every Gram matrix of a subset of rows
-    keeps its spectrum."""
-    u, s, vt = np.linalg.svd(y, full_matrices=False)
-    keep = s > s[0] * 1e-12 if s.size and s[0] > 0 else np.zeros(s.shape, bool)
-    return u[:, keep] * s[keep], vt[0], float(s[0]) if s.size else 0.0
+    """(U S restricted to the non-negligible singular values, the top right singular vector, the top
+    singular value) of y = U S V^T: y's rows in an r-dimensional basis where every Gram matrix of a
+    subset of rows keeps its spectrum.
+
+    From the eigenvectors of the smaller Gram matrix (y y^T or y^T y) rather than an SVD: 6 ms against
+    30 ms at 256 x 1000 (a 1000-class model). Squaring costs the small singular values their relative
+    precision, so directions under RANK_FLOOR of the top eigenvalue are dropped: they move any
+    eigenvalue of a resample by under 1e-13 relative."""
+    k, classes = y.shape
+    gram = y @ y.T if k <= classes else y.T @ y
+    values, vectors = np.linalg.eigh(gram)
+    values, vectors = values[::-1], vectors[:, ::-1]  # descending: column 0 is the top direction
+    if not values.size or values[0] <= 0:
+        top = np.zeros(classes)
+        top[0] = 1.0
+        return np.zeros((k, 0)), top, 0.0
+    keep = values > values[0] * RANK_FLOOR
+    s0 = float(np.sqrt(values[0]))
+    if k <= classes:  # vectors are U: U S directly, and v_0 = y^T u_0 / s_0
+        return vectors[:, keep] * np.sqrt(values[keep]), (y.T @ vectors[:, 0]) / s0, s0
+    return y @ vectors[:, keep], vectors[:, 0], s0  # vectors are V: y V = U S
 
 
 def _top_eigenvalue(cov: np.ndarray) -> float:
