@@ -42,11 +42,12 @@ export PYTHONPATH=$PWD:$PWD/adapters/torch:$PWD/adapters/onnx${PYTHONPATH:+:$PYT
 
 if [[ $MODE == gpu ]]; then
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'" || exit 2
-  # 1. The GPU figures: ResNet-18 at 224 (d = 150,528, 1000 classes) and at 64 (d = 12,288, 10 classes).
+  # 1. The GPU figures: ResNet-18 bodies at 224 (d = 150,528) and at 64 (d = 12,288), 10 classes, device path then host path.
   timeout 200 "$PY" benchmarks/overhead.py --backend torch --device cuda --models resnet18-64,resnet18-224 \
     --samples 8 --repeats 3 --generator counter --out "$OUT/gpu_overhead_device"
   echo "step 1 (device path) exit $? at $((SECONDS - started)) s"
-  timeout $((330 - (SECONDS - started))) "$PY" benchmarks/overhead.py --backend torch --device cuda --models resnet18-64,resnet18-224 \
+  left=$((330 - (SECONDS - started))); (( left < 60 )) && left=60
+  timeout $left "$PY" benchmarks/overhead.py --backend torch --device cuda --models resnet18-64,resnet18-224 \
     --samples 8 --repeats 3 --out "$OUT/gpu_overhead"
   echo "step 1b (host path) exit $? at $((SECONDS - started)) s"
   # 2. If time is left: the CPU table's realistic model with onnxruntime (CPU build) on this machine's

@@ -233,10 +233,11 @@ class QueryEngine:
             ) from exc
 
     def _predict(self, batch: Batch) -> np.ndarray:
-        """One batch's probabilities: Perturbations go to a model that forms them, else are formed here."""
+        """One batch's probabilities: Perturbations go to a model that forms them on its device, else are
+        formed here, straight into one batch."""
         if not isinstance(batch, list):
             return self.model.predict_proba(batch)
-        if isinstance(self.model, DevicePerturbing):
+        if isinstance(self.model, DevicePerturbing) and self.model.forms_on_device:
             return self.model.predict_perturbed(batch)
         return self.model.predict_proba(materialize(batch))
 

@@ -91,6 +91,7 @@ class TorchModel(ProbabilityModel):
         self.output_dtype = str(probe.dtype) if probe.dtype in (np.float16, np.float64) else "float32"
         self.output_kind: OutputKind = outputs or detect_output_kind(probe)
         self._module64: tuple[torch.nn.Module, bool] | None = None
+        self._forms_on_device: bool | None = None  # None: on a GPU (forms_on_device)
 
     # -- the ProbabilityModel contract ------------------------------------------------------
     def _raw_predict(self, batch: np.ndarray) -> np.ndarray:
@@ -103,8 +104,9 @@ class TorchModel(ProbabilityModel):
     # -- perturbed inputs formed on the device (fimaudit.perturbations.DevicePerturbing) -------
     @property
     def forms_on_device(self) -> bool:
-        """Whether forming inputs here saves the host work: on a GPU, not on the CPU (where it works the same)."""
-        return self.device.type != "cpu"
+        """Whether forming inputs here saves the host work: on a GPU, not on the CPU (where it works the same,
+        and the engine forms them on the host instead unless `_forms_on_device` says otherwise: tests)."""
+        return self._forms_on_device if self._forms_on_device is not None else self.device.type != "cpu"
 
     def predict_perturbed(self, pieces: Sequence[Request]) -> np.ndarray:
         """Probabilities for a batch given as arrays and Perturbations, whose inputs are formed on the

@@ -66,6 +66,7 @@ def test_device_model_conforms_and_says_where_it_forms() -> None:
 def test_audit_through_predict_perturbed_equals_the_host_formed_audit() -> None:
     x = inputs(3)
     model = TorchModel(net(), input_shape=SHAPE, device="cpu", max_batch_size=64)
+    model._forms_on_device = True  # the device path on torch's CPU device: the code CUDA runs
     sent: list[int] = []
     original = model.predict_perturbed
 
