@@ -222,8 +222,20 @@ class Journal:
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    changed = _changed(old, new)
     return "it differs in: " + ", ".join(changed) if changed else "its key differs"
+
+
+def _changed(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The keys whose values differ, dotted down into nested dicts (config.directions, not config)."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _changed(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def remove_journal(path: str | Path) -> None:

@@ -90,7 +90,7 @@ def test_resume_skips_finished_samples_and_refuses_another_audit(tmp_path: Path,
     assert more.summary.n == len(mlp64.x)
     with pytest.raises(UsageError, match="belongs to another audit") as info:
         fimaudit.audit(model, mlp64.x, directions=32, journal=journal)
-    assert "config" in info.value.message and "--restart" in info.value.fix
+    assert "config.directions" in info.value.message and "--restart" in info.value.fix
     with pytest.raises(UsageError, match="data"):
         fimaudit.audit(model, mlp64.x[::-1], directions=16, journal=journal)
     fresh = fimaudit.audit(model, mlp64.x, directions=32, journal=journal, restart=True)
