@@ -207,7 +207,10 @@ def batch_key(batch: Batch | list[Request]) -> bytes:
 
 def pieces_key(pieces: list[Request]) -> tuple[Any, ...]:
     """Identifies a batch given as pieces without forming it: Perturbations by what they describe."""
-    return tuple(batch_key(p) if isinstance(p, np.ndarray) else (_rows_key(p.rows), p.scales, p.lo, p.hi, p.origin.tobytes()[:64]) for p in pieces)
+    return tuple(
+        batch_key(p) if isinstance(p, np.ndarray) else (_rows_key(p.rows), p.scales, p.lo, p.hi, p.origin.size, p.origin.tobytes()[:64])
+        for p in pieces
+    )
 
 
 def _rows_key(rows: Any) -> Any:
@@ -226,6 +229,7 @@ def record(subject: Subject, directions: int, generator: str) -> tuple[list[Batc
     pieces to predict_perturbed (the counter generator) are formed on the host here, untimed."""
     model = subject.model
     inner = model._raw_predict
+    PIECE_ANSWERS.clear()  # one model's at a time: another's could share a description
     batches: list[Batch] = []
     outputs: list[np.ndarray] = []
 
