@@ -165,7 +165,7 @@ def onnx_subject(spec: Spec, n: int, providers: list[str]) -> Subject:
     return Subject(spec, model, raw, inputs(spec, n), f"onnxruntime {ort.__version__} {providers[0]}")
 
 
-def torch_subject(spec: Spec, n: int, device: str) -> Subject:
+def torch_subject(spec: Spec, n: int, device: str, generator: str = "numpy") -> Subject:
     import torch
     from fimaudit_torch import TorchModel
 
@@ -175,6 +175,8 @@ def torch_subject(spec: Spec, n: int, device: str) -> Subject:
     net = resnet_like(width, classes=classes, channels=spec.shape[0])
     calibrate_logits(net, spec.shape)
     model = TorchModel(net, input_shape=spec.shape, device=device, outputs="logits")
+    if generator == "counter":
+        model._forms_on_device = True  # on a CPU too (gpu.sh --cpu): the device path's code, as CUDA runs it
     dev = torch.device(device)
 
     def raw(batch: Batch) -> np.ndarray:
@@ -457,7 +459,7 @@ def main() -> None:
     for name in args.models.split(","):
         spec = SPECS[name]
         n = args.samples or spec.samples
-        subject = onnx_subject(spec, n, providers) if args.backend == "onnx" else torch_subject(spec, n, args.device)
+        subject = onnx_subject(spec, n, providers) if args.backend == "onnx" else torch_subject(spec, n, args.device, args.generator)
         started = time.perf_counter()
         row, prof = measure(subject, args.directions, args.repeats, args.generator)
         rows.append(row)
