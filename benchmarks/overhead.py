@@ -149,12 +149,14 @@ def onnx_path(spec: Spec) -> Path:
     return resnet_onnx(f"{spec.name}_w{width}_c{classes}", width, spec.shape, classes)
 
 
-def onnx_subject(spec: Spec, n: int, providers: list[str]) -> Subject:
+def onnx_subject(spec: Spec, n: int, providers: list[str], generator: str = "numpy") -> Subject:
     import onnxruntime as ort
     from fimaudit_onnx import OnnxModel
 
     path = onnx_path(spec)
     model = OnnxModel(path, providers=providers)
+    if generator == "counter" and model._forming_device is None:
+        model._forming_device = "cpu"  # the device path's code (torch forms, I/O binding) on the CPU provider
     # A separate plain session, as a user with no fimaudit would run it.
     session = ort.InferenceSession(str(path), providers=providers)
     in_name, out_name = session.get_inputs()[0].name, session.get_outputs()[0].name
@@ -196,10 +198,8 @@ def torch_subject(spec: Spec, n: int, device: str, generator: str = "numpy") -> 
 
 
 # -- recording and replaying the audit's batches ------------------------------------------------
-def batch_key(batch: Batch | list[Request]) -> bytes:
+def batch_key(batch: Batch) -> bytes:
     """Identifies a batch by its size and three of its rows: cheap next to any inference."""
-    if isinstance(batch, list):
-        batch = materialize(batch)
     h = hashlib.blake2b(digest_size=16)
     h.update(str(batch.shape).encode())
     for row in (batch[0], batch[len(batch) // 2], batch[-1]):
@@ -459,7 +459,10 @@ def main() -> None:
     for name in args.models.split(","):
         spec = SPECS[name]
         n = args.samples or spec.samples
-        subject = onnx_subject(spec, n, providers) if args.backend == "onnx" else torch_subject(spec, n, args.device, args.generator)
+        if args.backend == "onnx":
+            subject = onnx_subject(spec, n, providers, args.generator)
+        else:
+            subject = torch_subject(spec, n, args.device, args.generator)
         started = time.perf_counter()
         row, prof = measure(subject, args.directions, args.repeats, args.generator)
         rows.append(row)

@@ -26,8 +26,8 @@ from fimaudit.perturbations import DevicePerturbing, Perturbations, Request, mat
 R = TypeVar("R")
 # A request is an array of inputs, or Perturbations a device model forms itself (fimaudit.perturbations).
 Task = Generator[Request, np.ndarray, R]
-# One batch: an array, or pieces when any of them is Perturbations.
-Batch = np.ndarray | list[Request]
+# One batch: the requests' slices, in order (formed into one array by materialize, or by the model).
+Batch = list[Request]
 OnDone = Callable[[Any, R], None]
 
 
@@ -157,10 +157,7 @@ class QueryEngine:
             room -= take
             if room == 0:
                 break
-        if any(isinstance(p, Perturbations) for p in pieces):
-            return pieces, owners
-        arrays = [np.asarray(p) for p in pieces]
-        return (arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)), owners
+        return pieces, owners
 
     def _receive(self, inflight: dict[Future[np.ndarray], _Owners]) -> None:
         """Wait for at least one batch and hand its rows to the samples they belong to."""
@@ -235,14 +232,13 @@ class QueryEngine:
     def _predict(self, batch: Batch) -> np.ndarray:
         """One batch's probabilities: Perturbations go to a model that forms them on its device, else are
         formed here, straight into one batch."""
-        if not isinstance(batch, list):
-            return self.model.predict_proba(batch)
-        if isinstance(self.model, DevicePerturbing) and self.model.forms_on_device:
+        described = any(isinstance(p, Perturbations) for p in batch)
+        if described and isinstance(self.model, DevicePerturbing) and self.model.forms_on_device:
             return self.model.predict_perturbed(batch)
         return self.model.predict_proba(materialize(batch))
 
     def _predict_with_retry(self, batch: Batch) -> np.ndarray:
-        rows = sum(len(p) for p in batch) if isinstance(batch, list) else len(batch)
+        rows = sum(len(p) for p in batch)
         for attempt in range(self.retries + 1):
             try:
                 out = self._predict(batch)

@@ -430,7 +430,7 @@ def _rademacher_blocks(rng: np.random.Generator, d: int, k: int, per_block: int)
     error law (docs/math.md) holds. They are drawn as bits, about 100x cheaper than normals, which
     were the largest share of the audit's own arithmetic (docs/benchmarks/arithmetic.md).
     All k rows' bits are drawn at once (k d / 8 bytes), so the block size never changes them; they stay
-    bits (a byte per coordinate), from which the inputs are formed by selection (Perturbations)."""
+    bits (a byte per coordinate), from which the inputs are formed (Perturbations.form_into)."""
     width = -(-d // 8)
     packed = np.frombuffer(rng.bytes(k * width), dtype=np.uint8).reshape(k, width)
     for start in range(0, k, per_block):

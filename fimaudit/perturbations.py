@@ -83,14 +83,14 @@ class SignRows:
         """Rows start..stop counted from this block's first."""
         return replace(self, start=self.start + start, stop=self.start + stop)
 
-    def signs(self, dtype: str = "float32") -> np.ndarray:
-        """The rows as +-1 (bit 1 is -1), coordinate c from bit c % 32 of word c // 32, lowest bit first."""
+    def bits(self) -> SignBits:
+        """The rows' signs (bit 1 is -1), coordinate c from bit c % 32 of word c // 32, lowest bit first."""
         words = sign_words(self.key, self.start, self.stop, self.d).astype("<u4")
-        bits = np.unpackbits(words.view(np.uint8), axis=1, count=self.d, bitorder="little")
-        rows = bits.astype(dtype)
-        rows *= -2.0
-        rows += 1.0
-        return rows
+        return SignBits(np.unpackbits(words.view(np.uint8), axis=1, count=self.d, bitorder="little").view(bool))
+
+    def signs(self, dtype: str = "float32") -> np.ndarray:
+        """The rows as +-1."""
+        return self.bits().signs(dtype)
 
     def combine(self, coefficients: np.ndarray, per_block: int = 256) -> np.ndarray:
         """sum_j c_j v_j over the rows (the witness direction), regenerated block by block in float32
@@ -181,6 +181,8 @@ class Perturbations:
         for scale, rows in self.pieces():
             block = out[at : at + len(rows)]
             at += len(rows)
+            if isinstance(rows, SignRows):  # a device would draw them; here they are drawn as numpy's are held
+                rows = rows.bits()
             if isinstance(rows, SignBits):
                 # bit * (-2 step) + step is +-step exactly (step = the scale rounded to the dtype; doubling is
                 # exact), then x + that rounds once: what the product with +-1 gives, in three passes.
@@ -189,7 +191,7 @@ class Perturbations:
                 block += step
                 block += self.origin
                 continue
-            np.multiply(rows.signs(self.dtype) if isinstance(rows, SignRows) else rows, scale, out=block, casting="unsafe")
+            np.multiply(rows, scale, out=block, casting="unsafe")
             block += self.origin
 
     def materialize(self) -> np.ndarray:
