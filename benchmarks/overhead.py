@@ -149,6 +149,10 @@ def onnx_path(spec: Spec) -> Path:
     return resnet_onnx(f"{spec.name}_w{width}_c{classes}", width, spec.shape, classes)
 
 
+# Audit options from the command line (--scheme), the same for every audit this script runs.
+AUDIT_OPTIONS: dict[str, Any] = {}
+
+
 def onnx_subject(spec: Spec, n: int, providers: list[str], generator: str = "numpy") -> Subject:
     import onnxruntime as ort
     from fimaudit_onnx import OnnxModel
@@ -250,7 +254,7 @@ def record(subject: Subject, directions: int, generator: str) -> tuple[list[Batc
     if generator == "counter":
         model.predict_perturbed = recording_pieces  # type: ignore[attr-defined]
     try:
-        fimaudit.audit(model, subject.x, directions=directions, seed=0, generator=generator)
+        fimaudit.audit(model, subject.x, directions=directions, seed=0, generator=generator, **AUDIT_OPTIONS)
     finally:
         del model._raw_predict  # back to the class's method
         if generator == "counter":
@@ -307,7 +311,7 @@ def measure(subject: Subject, directions: int, repeats: int, generator: str = "n
         return run
 
     def audit(model: Callable[[], ProbabilityModel]) -> Callable[[], object]:
-        return lambda: fimaudit.audit(model(), x, directions=directions, seed=0, generator=generator)
+        return lambda: fimaudit.audit(model(), x, directions=directions, seed=0, generator=generator, **AUDIT_OPTIONS)
 
     timings: dict[str, Callable[[], object]] = {
         "audit": audit(lambda: subject.model),
@@ -341,7 +345,7 @@ def profile(replay: Replay, x: np.ndarray, directions: int, generator: str = "nu
     prof = cProfile.Profile()
     start = time.perf_counter()
     prof.enable()
-    fimaudit.audit(replay, x, directions=directions, seed=0, generator=generator)
+    fimaudit.audit(replay, x, directions=directions, seed=0, generator=generator, **AUDIT_OPTIONS)
     prof.disable()
     total = time.perf_counter() - start
     stats = pstats.Stats(prof)
@@ -402,17 +406,17 @@ def write(prefix: Path, rows: list[Row], profiles: dict[str, list[dict[str, Any]
     where = where or machine()
     data = {"machine": where, "repeats": args.repeats, "target": TARGET,
             "rows": [asdict(r) | {"ratio": r.ratio} for r in rows], "profiles": profiles}
-    prefix.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
+    (prefix.parent / f"{prefix.name}.json").write_text(json.dumps(data, indent=2) + "\n")
     command = " ".join(["benchmarks/overhead.py", *sys.argv[1:]])
     profiles_md = "\n\n".join(profile_table(name, entries) for name, entries in profiles.items())
-    prefix.with_suffix(".md").write_text(
+    (prefix.parent / f"{prefix.name}.md").write_text(
         "# Overhead: a whole audit versus the raw inference it needs\n\n"
         f"Written by `{command}`; the method is in that script's docstring. In short: one untimed audit\n"
         "records every batch the engine sends to the model; then the audit end to end (*audit*), the\n"
         "framework alone on exactly those batches (*raw*), the adapter's `predict_proba` on them\n"
         "(*adapter*) and the audit against a stand-in model that replays the recorded outputs at once\n"
         f"(*no-model*: everything but inference) are timed, interleaved, best of {args.repeats}. Target:\n"
-        f"audit/raw ≤ {TARGET:.2f}. Central differences, default step, seed 0; the queries per sample are\n"
+        f"audit/raw ≤ {TARGET:.2f}. Scheme {getattr(args, 'scheme', 'central')}, default step, seed 0; the queries per sample are\n"
         "2k + 5 for the sketch (d > k) and 2d + 5 in exact mode (d ≤ k, the digits model).\n\n"
         f"Machine: {where} (at the end of the run).\n\n"
         f"{table(rows)}\n\n"
@@ -435,7 +439,7 @@ def write(prefix: Path, rows: list[Row], profiles: dict[str, list[dict[str, Any]
 
 def rewrite(prefix: Path, command: list[str]) -> None:
     """Rewrite OUT.md from OUT.json (after a change to the text, without re-measuring)."""
-    data = json.loads(prefix.with_suffix(".json").read_text())
+    data = json.loads((prefix.parent / f"{prefix.name}.json").read_text())
     fields = set(Row.__dataclass_fields__)
     rows = [Row(**{k: v for k, v in r.items() if k in fields}) for r in data["rows"]]
     sys.argv = [sys.argv[0], *command]
@@ -450,10 +454,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--backend", choices=("onnx", "torch"), default="onnx")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--scheme", default="auto", help="finite differences, as audit's --scheme (default: the library's, auto)")
     parser.add_argument("--generator", choices=("numpy", "counter"), default="numpy",
                         help="counter: the device path (perturbed inputs formed where the model runs; torch backend)")
     parser.add_argument("--out", type=Path, default=DOC, help="write OUT.md and OUT.json (default docs/benchmarks/overhead)")
     args = parser.parse_args()
+    AUDIT_OPTIONS["scheme"] = args.scheme
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if args.device == "cuda" else ["CPUExecutionProvider"]
     rows, profiles = [], {}
     for name in args.models.split(","):
@@ -470,7 +476,7 @@ def main() -> None:
         print(table([row]).splitlines()[-1], f"  ({time.perf_counter() - started:.0f} s)", flush=True)
         write(args.out, rows, profiles, args)  # after each model, so a time limit keeps the finished ones
     print(table(rows))
-    print(f"wrote {args.out.with_suffix('.md')} and .json")
+    print(f"wrote {args.out}.md and .json")
 
 
 if __name__ == "__main__":

@@ -77,6 +77,31 @@ def log_probabilities(p: np.ndarray, complement: int | None = None) -> np.ndarra
 
 
 @dataclass(frozen=True)
+class OneSided:
+    """How the one-sided quotients of m directions disagree. With e_j = (D+ - D-)/2 the part of a forward
+    quotient that is even in v (the central one is the odd part):
+
+    - `disagreement` ||D+ - D-|| / ||D+ + D-|| = ||e|| / ||Dc||: shrinks like h where the model is
+      differentiable; at a kink (a max-pool tie, a ReLU at exactly 0) it does not;
+    - `spread` the same with each e_j less their mean (sample standard deviation over the m, None for m < 2):
+      what is left of e once forward JVPs are centred (see decide_scheme)."""
+
+    disagreement: float
+    spread: float | None
+
+    @staticmethod
+    def of(up: np.ndarray, down: np.ndarray) -> OneSided | None:
+        """From the rows h D+ and h D- (one per direction; the factor h cancels)."""
+        even, odd = up - down, up + down
+        total = float(np.linalg.norm(odd))
+        if total == 0:
+            return None
+        m = len(even)
+        spread = float(np.linalg.norm(even - even.mean(axis=0))) * math.sqrt(m / (m - 1)) / total if m > 1 else None
+        return OneSided(float(np.linalg.norm(even)) / total, spread)
+
+
+@dataclass(frozen=True)
 class FiniteDifferences:
     """One input and its base outputs: turns directions into finite-difference JVPs A v at `step`."""
 
@@ -100,10 +125,9 @@ class FiniteDifferences:
 
     def jvp_and_asymmetry(
         self, directions: Directions
-    ) -> Generator[Request, np.ndarray, tuple[np.ndarray, float | None]]:
-        """The JVPs, and ||D+ - D-|| / ||D+ + D-|| of the one-sided quotients D+ = (l(x+hv) - l(x))/h and
-        D- = (l(x) - l(x-hv))/h (free with central differences; None for forward ones). Where the model is
-        differentiable this shrinks like h; at a kink (a max-pool tie, a ReLU at exactly 0) it does not."""
+    ) -> Generator[Request, np.ndarray, tuple[np.ndarray, OneSided | None]]:
+        """The JVPs, and how the one-sided quotients D+ = (l(x+hv) - l(x))/h and D- = (l(x) - l(x-hv))/h
+        disagree (free with central differences; None for forward ones, see OneSided)."""
         b = len(directions)
         points = SCHEME_POINTS[self.scheme]
         probs = yield self._inputs(directions, points)
@@ -124,9 +148,7 @@ class FiniteDifferences:
         root = np.sqrt(self.p)
         if self.scheme == "forward":
             return deriv * root, None
-        up, down = (logs[0] - base) * root, (base - logs[1]) * root
-        total = float(np.linalg.norm(up + down))
-        return deriv * root, float(np.linalg.norm(up - down)) / total if total > 0 else None
+        return deriv * root, OneSided.of((logs[0] - base) * root, (base - logs[1]) * root)
 
     def _inputs(self, directions: Directions, points: tuple[float, ...]) -> Request:
         """x + s h v for each point s and direction v (point-major), as a request: formed by the engine
@@ -164,6 +186,7 @@ class StepChoice:
     # and the pilot's stable rank there (tr / lambda_max of its JVPs): the evidence decide_scheme weighs.
     one_sided: float | None = None
     pilot_rank: float | None = None
+    one_sided_spread: float | None = None  # OneSided.spread there: what centred forward JVPs keep of the bias
 
 
 def pilot_directions(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -195,15 +218,17 @@ def choose_step(
     output_dtype: str,
 ) -> Generator[Request, np.ndarray, StepChoice]:
     """The step (see _search), with the kink test on the one-sided quotients of the last pair measured."""
-    asymmetry: dict[float, float | None] = {}
+    asymmetry: dict[float, OneSided | None] = {}
     ranks: dict[float, float] = {}
     choice = yield from _search(
         fd, start, tau=tau, floor=floor, search=search, rng=rng, output_dtype=output_dtype, asymmetry=asymmetry,
         ranks=ranks,
     )
+    disagreements = {h: None if a is None else a.disagreement for h, a in asymmetry.items()}
+    used = asymmetry.get(choice.step)
     return replace(
-        choice, kink=kink_figure(asymmetry, choice.trials), one_sided=asymmetry.get(choice.step),
-        pilot_rank=ranks.get(choice.step),
+        choice, kink=kink_figure(disagreements, choice.trials), one_sided=disagreements.get(choice.step),
+        one_sided_spread=None if used is None else used.spread, pilot_rank=ranks.get(choice.step),
     )
 
 
@@ -222,7 +247,7 @@ def kink_figure(asymmetry: dict[float, float | None], trials: tuple[tuple[float,
 
 def _search(
     fd: FiniteDifferences, start: float, *, tau: float, floor: float, search: bool, rng: np.random.Generator,
-    output_dtype: str, asymmetry: dict[float, float | None], ranks: dict[float, float],
+    output_dtype: str, asymmetry: dict[float, OneSided | None], ranks: dict[float, float],
 ) -> Generator[Request, np.ndarray, StepChoice]:
     """Measure a pilot of JVPs at successive steps and pick the first that agrees with the next larger.
 
@@ -396,23 +421,27 @@ class SchemeDecision:
     scheme: Scheme
     directions: int  # the sketch's directions under that scheme (2k forward for k central under auto)
     one_sided: float | None  # pilot's ||D+ - D-|| / ||D+ + D-|| at the step used
+    spread: float | None  # the same with D+ - D- less its mean over the pilot (OneSided.spread)
     pilot_rank: float | None  # pilot's stable rank tr / lambda_max there (at least 1)
-    bias: float | None  # forward's bound on the relative upward bias of lambda_max: one_sided² × pilot_rank
+    bias: float | None  # forward's bound on the relative upward bias of lambda_max: spread² × pilot_rank
     limit: float | None  # the largest bias auto accepts: FORWARD_BIAS_SHARE / sqrt(directions budget)
     reason: str
 
 
-def decide_scheme(option: SchemeOption, choice: StepChoice, budget: int, *, forward_resolves: bool, exact: bool) -> SchemeDecision:
+def decide_scheme(
+    option: SchemeOption, choice: StepChoice, budget: int, *, forward_resolves: bool, exact: bool, centred: bool = True,
+) -> SchemeDecision:
     """Forward or central for one sample under `option` (a fixed scheme passes through), with a
     budget of `budget` central directions (2 * budget queries)."""
     a, rank = choice.one_sided, choice.pilot_rank
+    spread = choice.one_sided_spread if centred else a
     if option != "auto":
-        return SchemeDecision(option, budget, a, rank, None, None, "given")
-    bias = None if a is None or rank is None else a * a * rank
+        return SchemeDecision(option, budget, a, spread, rank, None, None, "given")
+    bias = None if spread is None or rank is None else spread * spread * rank
     limit = FORWARD_BIAS_SHARE / math.sqrt(budget)
     if exact:
         why = "coordinate mode: every direction is measured, central"
-    elif choice.kink is not None:
+    elif choice.kink is not None and not centred:  # the rule before centring (schema 1.6), kept to reproduce it
         why = "nondifferentiable: the one-sided quotients disagree at every step, central"
     elif bias is None:
         why = "no one-sided evidence from the pilot, central"
@@ -421,5 +450,5 @@ def decide_scheme(option: SchemeOption, choice: StepChoice, budget: int, *, forw
     elif bias > limit:
         why = f"forward bias bound {bias:.2g} over the limit {limit:.2g}, central"
     else:
-        return SchemeDecision("forward", 2 * budget, a, rank, bias, limit, f"forward bias bound {bias:.2g} within {limit:.2g}")
-    return SchemeDecision("central", budget, a, rank, bias, limit, why)
+        return SchemeDecision("forward", 2 * budget, a, spread, rank, bias, limit, f"forward bias bound {bias:.2g} within {limit:.2g}")
+    return SchemeDecision("central", budget, a, spread, rank, bias, limit, why)

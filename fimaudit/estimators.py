@@ -102,6 +102,9 @@ class EstimatorConfig:
     # Where sign directions come from: numpy's PCG64 bits (formed on the host), or the counter generator,
     # whose perturbed inputs a device model forms itself (fimaudit.perturbations).
     generator: DirectionGenerator = "numpy"
+    # Forward sketches use their JVPs less their mean (_measure; docs/math.md, "Centring"); False reproduces
+    # reports of schema 1.6 and before, whose forward sketches used them as measured.
+    centred_forward: bool = True
 
     def queries_per_direction(self) -> int:
         """At most, per direction: auto's forward directions take 1 query, its central ones 2."""
@@ -164,7 +167,8 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     )
     queries += choice.queries
     decision = decide_scheme(
-        cfg.scheme, choice, cfg.directions, forward_resolves=_forward_resolves(probe, choice), exact=method == "exact"
+        cfg.scheme, choice, cfg.directions, forward_resolves=_forward_resolves(probe, choice), exact=method == "exact",
+        centred=cfg.centred_forward,
     )
     fd, choice = _with_scheme(fd, choice, decision)
     k = d if method == "exact" else decision.directions
@@ -181,7 +185,8 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
         queries += passes * d * len(SCHEME_POINTS[fd.scheme])
         witness = _coordinate_witness(y_all, d) if want_witness else None
     else:
-        y_all, witness = yield from _measure(fd.at(choice.step), blocks, d if want_witness else 0)
+        centre = cfg.centred_forward and fd.scheme == "forward"
+        y_all, witness = yield from _measure(fd.at(choice.step), blocks, d if want_witness else 0, centre)
         queries += k * len(SCHEME_POINTS[fd.scheme])
     stats = sketch_statistics(y_all, exact=method == "exact", cfg=cfg, index=index)
     check = None
@@ -260,10 +265,11 @@ Witness = Callable[[np.ndarray], np.ndarray]
 
 
 def _measure(
-    fd: FiniteDifferences, blocks: Iterator[np.ndarray | SignBits | SignRows], witness_d: int
+    fd: FiniteDifferences, blocks: Iterator[np.ndarray | SignBits | SignRows], witness_d: int, centre: bool = False,
 ) -> Generator[Request, np.ndarray, tuple[np.ndarray, Witness | None]]:
-    """All k JVPs (rows), and the witness when witness_d > 0."""
+    """All k JVPs (rows; with `centre`, as centre_rows leaves them), and the witness when witness_d > 0."""
     cross = np.zeros((fd.p.size, witness_d)) if witness_d else None  # K x d: row-major products are fast
+    total = np.zeros(witness_d) if witness_d and centre else None  # sum of the directions, to centre the witness
     rows: list[np.ndarray] = []
     counter: list[SignRows] = []
     for block in blocks:
@@ -276,13 +282,23 @@ def _measure(
             # (float32 signs: a direction to query along needs no more precision than that).
             dense = block.signs() if isinstance(block, SignBits) else block
             cross += y.T.astype(dense.dtype) @ dense
+            if total is not None:
+                total += dense.sum(axis=0)
     y_all = np.concatenate(rows, axis=0)
+    mean, scale = (y_all.mean(axis=0), centre_scale(len(y_all))) if centre else (np.zeros(fd.p.size), 1.0)
+    y_used = (y_all - mean) * scale if centre else y_all
     if cross is None:
-        return y_all, None
+        return y_used, None
     if counter:
         every = SignRows(counter[0].key, counter[0].start, counter[-1].stop, witness_d)
-        return y_all, lambda u: every.combine(y_all @ u)
-    return y_all, lambda u: u @ cross
+        return y_used, lambda u: every.combine(y_used @ u)
+    # sum_j (u . (y_j - mean)) omega_j, times the scale (which only lengthens the witness).
+    return y_used, lambda u: ((u @ cross) - (u @ mean) * total if total is not None else u @ cross) * scale
+
+
+def centre_scale(k: int) -> float:
+    """sqrt(k / (k - 1)): centred rows so scaled give Y^T Y / k the sample covariance's 1 / (k - 1)."""
+    return math.sqrt(k / (k - 1)) if k > 1 else 1.0
 
 
 def _coordinate_witness(y_all: np.ndarray, d: int) -> Witness:

@@ -17,7 +17,7 @@ from fimaudit.errors import DataError
 from fimaudit.estimators import SampleEstimate
 from fimaudit.lipschitz_bound import ALL_INPUTS, Bound
 
-SCHEMA_VERSION = "1.6"
+SCHEMA_VERSION = "1.7"
 
 
 # One line on each diagnostic flag a sample (or the model) can carry: printed after an audit, listed
@@ -223,6 +223,12 @@ class AuditConfig(_Model):
         "schema 1.6) or counter (a counter hash, inputs formed where the model runs: fimaudit.perturbations). "
         "A report reproduces with its own generator on any machine.",
     )
+    centred_forward: bool = Field(
+        default=False,
+        description="Whether forward-difference sketches (--scheme forward, or auto's forward samples) used their JVPs "
+        "less their mean, which removes the mean of the even part that biases them (schema 1.7 on; earlier reports "
+        "used them as measured, and reproduce that way).",
+    )
     interval_method: str
     input_space: str = Field(description="Units all figures are in: the model's own input space.")
     white_box: bool = Field(default=False, description="Whether white-box figures were computed beside the black-box ones.")
@@ -240,9 +246,15 @@ class SchemeEvidence(_Model):
     one_sided: float | None = Field(
         description="||D+ - D-|| / ||D+ + D-|| of the pilot's one-sided quotients at the step used: forward's relative JVP bias."
     )
+    one_sided_spread: float | None = Field(
+        default=None,
+        description="The same with D+ - D- less its mean over the pilot's directions: the part centred forward JVPs keep "
+        "(null in reports before schema 1.7).",
+    )
     pilot_rank: float | None = Field(description="The pilot's stable rank (tr / lambda_max of its JVPs, at least 1) at that step.")
     forward_bias: float | None = Field(
-        description="Bound on forward differences' relative upward bias of lambda_max here: one_sided^2 * pilot_rank."
+        description="Bound on forward differences' relative upward bias of lambda_max here: one_sided_spread^2 * pilot_rank "
+        "(one_sided^2 * pilot_rank before schema 1.7, whose forward JVPs were not centred)."
     )
     limit: float | None = Field(description="The largest forward_bias auto accepts: 0.25 / sqrt(directions budget).")
     reason: str = Field(description="The decision in words.")
@@ -345,7 +357,10 @@ def _scheme_evidence(est: SampleEstimate) -> SchemeEvidence | None:
     s = est.scheme
     if s is None or s.reason == "given":
         return None
-    return SchemeEvidence(one_sided=s.one_sided, pilot_rank=s.pilot_rank, forward_bias=s.bias, limit=s.limit, reason=s.reason)
+    return SchemeEvidence(
+        one_sided=s.one_sided, one_sided_spread=s.spread, pilot_rank=s.pilot_rank, forward_bias=s.bias, limit=s.limit,
+        reason=s.reason,
+    )
 
 
 class Stats(_Model):

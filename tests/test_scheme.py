@@ -1,13 +1,19 @@
 """--scheme auto: forward differences where the pilot finds them unbiased, central ones elsewhere."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
 import pytest
 
 import fimaudit
+from fimaudit.data import check_inputs
 from fimaudit.differences import FORWARD_BIAS_SHARE, StepChoice, decide_scheme
+from fimaudit.engine import QueryEngine
+from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample
+from fimaudit.report import AuditReport
+from fimaudit.reproduction import config_of
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -44,14 +50,16 @@ def test_auto_takes_forward_on_a_smooth_model_with_twice_the_directions() -> Non
         assert a.scheme == "forward" and a.directions == 256
         ev = a.scheme_evidence
         assert ev is not None and ev.forward_bias is not None and ev.limit == pytest.approx(FORWARD_BIAS_SHARE / np.sqrt(128))
-        assert ev.forward_bias <= ev.limit and ev.forward_bias == pytest.approx(ev.one_sided**2 * ev.pilot_rank)
+        assert ev.one_sided_spread is not None and ev.one_sided is not None
+        assert ev.forward_bias <= ev.limit and ev.forward_bias == pytest.approx(ev.one_sided_spread**2 * ev.pilot_rank)
         assert a.queries <= c.queries  # the same budget: 2k forward queries for k central directions
         assert a.lambda_max_ci[0] <= exact(row) <= a.lambda_max_ci[1]
         assert c.scheme == "central" and c.scheme_evidence is None  # a given scheme records no evidence
 
 
 def test_auto_keeps_central_differences_at_max_pool_ties() -> None:
-    """At a tie forward differences read lambda_max high; the kink test sends those inputs to central."""
+    """At a tie the even part |g.v| of a forward quotient varies with v: centring cannot remove its
+    variance, the bias bound is large, and those inputs stay central."""
     rng = np.random.default_rng(0)
     w = rng.standard_normal((5, 16))
 
@@ -69,17 +77,23 @@ def test_auto_keeps_central_differences_at_max_pool_ties() -> None:
             assert s.directions == (256 if scheme == "forward" else 128)
 
 
-def _choice(one_sided: float | None, rank: float | None = 1.0, kink: float | None = None) -> StepChoice:
-    return StepChoice(1e-3, True, 0.0, ((1e-3, 1.0, 3),), 6, True, kink, one_sided, rank)
+def _choice(
+    one_sided: float | None, rank: float | None = 1.0, kink: float | None = None, spread: float | None = -1.0
+) -> StepChoice:
+    spread = one_sided if spread == -1.0 else spread
+    return StepChoice(1e-3, True, 0.0, ((1e-3, 1.0, 3),), 6, True, kink, one_sided, rank, spread)
 
 
 @pytest.mark.parametrize(
     ("choice", "resolves", "exact", "scheme"),
     [
         (_choice(0.01), True, False, "forward"),
-        (_choice(0.01, rank=1e4), True, False, "central"),  # a^2 * rank over the limit
-        (_choice(0.01, kink=0.3), True, False, "central"),
+        (_choice(0.01, rank=1e4), True, False, "central"),  # spread^2 * rank over the limit
+        (_choice(0.5, spread=0.01), True, False, "forward"),  # a large even part, nearly constant: centring removes it
+        (_choice(0.3, kink=0.3, spread=0.01), True, False, "forward"),  # a kink is judged by the same bound
+        (_choice(0.3, kink=0.3, spread=0.2), True, False, "central"),
         (_choice(None), True, False, "central"),
+        (_choice(0.01, spread=None), True, False, "central"),
         (_choice(0.01), False, False, "central"),  # forward would drown in output rounding
         (_choice(0.01), True, True, "central"),
     ],
@@ -87,6 +101,74 @@ def _choice(one_sided: float | None, rank: float | None = 1.0, kink: float | Non
 def test_decide_scheme_rules(choice: StepChoice, resolves: bool, exact: bool, scheme: str) -> None:
     decision = decide_scheme("auto", choice, 256, forward_resolves=resolves, exact=exact)
     assert decision.scheme == scheme and decision.directions == (512 if scheme == "forward" else 256)
+
+
+def test_uncentred_decision_weighs_the_whole_even_part() -> None:
+    """Reports before schema 1.7 (centred_forward false) judged forward by one_sided itself."""
+    choice = _choice(0.5, spread=0.01)
+    assert decide_scheme("auto", choice, 256, forward_resolves=True, exact=False, centred=False).scheme == "central"
+    assert decide_scheme("auto", choice, 256, forward_resolves=True, exact=False, centred=True).scheme == "forward"
+    kinked = _choice(0.001, kink=0.3, spread=0.001)  # and kept every kink central
+    assert decide_scheme("auto", kinked, 256, forward_resolves=True, exact=False, centred=False).scheme == "central"
+    assert decide_scheme("auto", kinked, 256, forward_resolves=True, exact=False, centred=True).scheme == "forward"
+
+
+def quadratic_model(d: int, classes: int) -> tuple[Predict, Callable[[np.ndarray], float]]:
+    """Logits W x + c ||x||^2: along any direction of length sqrt(d) the second-order term of a
+    one-sided quotient is c h d, the same for every direction: the even part is all mean."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((classes, d)) / np.sqrt(d)
+    c = np.linspace(0.6, -0.4, classes)
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return softmax(x @ w.T + np.sum(x * x, axis=1, keepdims=True) * c)
+
+    def exact(x: np.ndarray) -> float:
+        jac = w + 2 * c[:, None] * x[None, :]
+        p = predict(x[None])[0]
+        return float(np.linalg.eigvalsh(jac.T @ (np.diag(p) - np.outer(p, p)) @ jac)[-1])
+
+    return predict, exact
+
+
+def _forward_estimates(model: fimaudit.ProbabilityModel, x: np.ndarray, centred: bool) -> list[SampleEstimate]:
+    cfg = EstimatorConfig(
+        directions=512, step=0.04, scheme="forward", estimator="sketch", adaptive_step=False, output_dtype="float64",
+        centred_forward=centred,
+    )
+    found: dict[int, SampleEstimate] = {}
+    engine = QueryEngine(model)
+    engine.run(((i, estimate_sample(x[i], i, cfg)) for i in range(len(x))), found.__setitem__, max_active=4)
+    engine.close()
+    return [found[i] for i in range(len(x))]
+
+
+def test_centred_forward_differences_drop_the_mean_even_part() -> None:
+    """At d = 64 and k = 512 orthogonal directions the sketch is exact up to finite differences, so what
+    is left is the even part's bias: 6-15% high as measured, under 2% once centred."""
+    d = 64
+    predict, exact = quadratic_model(d, 4)
+    model = fimaudit.CallableModel(predict, fimaudit.InputSpec(shape=(d,)), num_classes=4)
+    x = np.random.default_rng(4).standard_normal((4, d)) * 0.5
+    truth = np.array([exact(row) for row in x])
+    centred = np.array([e.lambda_max for e in _forward_estimates(model, x, True)]) / truth - 1
+    measured = np.array([e.lambda_max for e in _forward_estimates(model, x, False)]) / truth - 1
+    assert np.all(np.abs(centred) < 0.02), centred
+    assert np.all(measured > 0.04), measured
+
+
+def test_reports_before_schema_1_7_reproduce_uncentred() -> None:
+    predict, _ = quadratic_model(16, 3)
+    model = fimaudit.CallableModel(predict, fimaudit.InputSpec(shape=(16,)), num_classes=3)
+    x = np.random.default_rng(5).standard_normal((2, 16)) * 0.5
+    report = fimaudit.audit(model, x, directions=64, seed=0, estimator="sketch", scheme="forward")
+    assert report.config.centred_forward is True
+    doc = json.loads(report.to_json())
+    del doc["config"]["centred_forward"]  # as a schema 1.6 report was written
+    old = AuditReport.model_validate(doc)
+    assert old.config.centred_forward is False
+    _, stats = check_inputs(x, model.input_spec)
+    assert config_of(old, model, stats).centred_forward is False and config_of(report, model, stats).centred_forward is True
 
 
 def test_given_scheme_passes_through() -> None:

@@ -67,9 +67,9 @@ def audit(
     ),
     seed: int = typer.Option(0, "--seed", metavar="SEED", help="Seed: the same seed gives the same report."),
     scheme: str = typer.Option(
-        "central", "--scheme", metavar="SCHEME",
-        help="Finite differences: central (2 queries/direction), forward (1), richardson (4), or auto (experimental: the "
-        "same 2K queries as central, spent per input on 2K forward directions where a pilot finds forward unbiased).",
+        "auto", "--scheme", metavar="SCHEME",
+        help="Finite differences: auto (2K queries per input, spent on 2K forward directions where a pilot finds forward "
+        "unbiased there, else on K central ones), central (2 queries/direction), forward (1) or richardson (4).",
     ),
     step: Optional[float] = typer.Option(
         None, "--step", metavar="H",

@@ -33,8 +33,9 @@ class QueryCost:
     witness: bool
 
 
-def queries_per_input(d: int, classes: int, *, directions: int, scheme: str = "central", estimator: str = "auto") -> QueryCost:
-    """The range of queries estimators.estimate_sample spends on one input of d coordinates."""
+def queries_per_input(d: int, classes: int, *, directions: int, scheme: str = "auto", estimator: str = "auto") -> QueryCost:
+    """The range of queries estimators.estimate_sample spends on one input of d coordinates (auto's forward
+    samples spend 2K queries on 2K directions, as its central ones do on K: the same)."""
     cfg = EstimatorConfig(directions=directions, step=1.0, scheme=scheme, estimator=estimator)  # type: ignore[arg-type]
     per = cfg.queries_per_direction()
     method = cfg.resolve(d)
@@ -104,7 +105,7 @@ def plan(
     ),
     model: Optional[str] = typer.Option(None, "--model", metavar="MODEL", help="Model file or endpoint: also print the expected query cost."),
     directions: int = typer.Option(256, "--directions", metavar="K", min=2, help="Directions per input, as given to audit."),
-    scheme: str = typer.Option("central", "--scheme", metavar="SCHEME", help="central, forward or richardson, as given to audit."),
+    scheme: str = typer.Option("auto", "--scheme", metavar="SCHEME", help="auto, central, forward or richardson, as given to audit."),
     estimator: str = typer.Option("auto", "--estimator", metavar="NAME", help="auto, sketch or exact, as given to audit."),
     input_shape: Optional[str] = typer.Option(None, "--input-shape", metavar="SHAPE", help="Shape of one input, for models that do not record it."),
 ) -> None:
@@ -131,7 +132,7 @@ def _check(quantile: float, confidence: float, scheme: str, estimator: str) -> N
     problems = [
         (not 0 < quantile < 1, f"--quantile must be in (0, 1) (got {quantile!r})", "e.g. --quantile 0.9 for p90"),
         (not 0.5 <= confidence < 1, f"--confidence must be in [0.5, 1) (got {confidence!r})", "e.g. --confidence 0.95"),
-        (scheme not in ("central", "forward", "richardson"), f"unknown --scheme {scheme!r}", "central, forward or richardson"),
+        (scheme not in ("auto", "central", "forward", "richardson"), f"unknown --scheme {scheme!r}", "auto, central, forward or richardson"),
         (estimator not in ("auto", "sketch", "exact"), f"unknown --estimator {estimator!r}", "auto, sketch or exact"),
     ]
     for bad, message, fix in problems:

@@ -17,7 +17,7 @@ from fimaudit.perturbations import Perturbations, SignRows, counter_key, materia
 from fimaudit_onnx import OnnxModel  # noqa: E402
 from fimaudit_onnx.build import mlp_to_onnx  # noqa: E402
 
-SHAPE = (4, 32, 32)  # d = 4096: k = 128 < d / 16 takes sign directions
+SHAPE = (4, 32, 32)  # d = 4096: up to 2 x 64 (auto's forward samples) < d / 16 takes sign directions
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_bound_inputs_equal_host_inputs(path: Path) -> None:
 
 def test_audit_through_io_binding_equals_the_host_formed_audit(path: Path) -> None:
     x = inputs(3)
-    bound = fimaudit.audit(bound_on_cpu(path), x, directions=128, generator="counter", bootstrap=200)
-    host = fimaudit.audit(OnnxModel(path, providers=["CPUExecutionProvider"]), x, directions=128, generator="counter",
+    bound = fimaudit.audit(bound_on_cpu(path), x, directions=64, generator="counter", bootstrap=200)
+    host = fimaudit.audit(OnnxModel(path, providers=["CPUExecutionProvider"]), x, directions=64, generator="counter",
                           bootstrap=200)
     for a, b in zip(bound.samples, host.samples, strict=True):
         assert a.directions_kind == "rademacher"

@@ -18,7 +18,7 @@ from fimaudit_torch import TorchModel  # noqa: E402
 from fimaudit_torch import counter  # noqa: E402
 
 CPU = torch.device("cpu")
-SHAPE = (3, 24, 24)  # d = 1728: k = 64 < d / 16 takes i.i.d. sign directions
+SHAPE = (3, 24, 24)  # d = 1728: up to 2 x 32 (auto's forward samples) < d / 16 takes i.i.d. sign directions
 
 
 def net() -> nn.Module:
@@ -75,12 +75,12 @@ def test_audit_through_predict_perturbed_equals_the_host_formed_audit() -> None:
         return original(pieces)
 
     model.predict_perturbed = counting  # type: ignore[method-assign]
-    on_device = fimaudit.audit(model, x, directions=64, generator="counter", bootstrap=200)
+    on_device = fimaudit.audit(model, x, directions=32, generator="counter", bootstrap=200)
     # The same function seen only through predict_proba: every input formed on the host.
     host = CallableModel(
         lambda b: TorchModel.predict_proba(model, b), InputSpec(SHAPE, "float32"), 5, name="host", max_batch_size=64, output_dtype="float32"
     )
-    formed_here = fimaudit.audit(host, x, directions=64, generator="counter", bootstrap=200)
+    formed_here = fimaudit.audit(host, x, directions=32, generator="counter", bootstrap=200)
     assert sum(sent) > 0
     for a, b in zip(on_device.samples, formed_here.samples, strict=True):
         assert a.directions_kind == "rademacher"
