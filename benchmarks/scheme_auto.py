@@ -253,8 +253,9 @@ def part_float32_fd(quick: bool) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- page
 def render(data: dict[str, Any]) -> str:
     lines = ["# --scheme auto: queries and arithmetic (issue 16)", "",
-             f"`benchmarks/scheme_auto.py`; {data['machine']}. 'central' is the default; 'auto' is opt-in "
-             "(`--scheme auto`) until its arithmetic and third-party-network figures are in; both in this one run.", ""]
+             f"`benchmarks/scheme_auto.py`; {data['machine']}. 'central' (the default before fimaudit 0.5: before) "
+             "against 'auto' (the default since, with centred forward differences: after), both in this one run. "
+             "Figures of fimaudit 0.4, whose auto did not centre: [scheme_auto_0.4.md](scheme_auto_0.4.md).", ""]
     if data.get("notes"):  # the reading, written after the run (kept in the JSON so a rerun keeps it)
         lines += ["## Reading", ""] + [f"- {n}" for n in data["notes"]] + [""]
     measured = data.get("queries", []) + data.get("queries_ocr", []) + data.get("queries_fer", []) + data.get("queries_efficientnet", [])
