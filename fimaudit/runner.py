@@ -101,7 +101,10 @@ def audit(
     lambda_max at every input, and on a ball around each audited input where it has a local one; both are
     computed here, after the samples (never on Ray workers or in the journal), and recorded beside them.
     """
-    _check_options(directions, scheme, estimator, tau, bootstrap, confidence, limit, step, seed, concurrency, sample, draws, generator)
+    check_options(
+        directions, scheme, estimator, tau, limit, step, seed, concurrency, sample, draws, generator,
+        bootstrap=bootstrap, confidence=confidence,
+    )
     check_batch_independence(model)  # load_model probes too; a model built in code is probed here
     exact_fisher = _white_box_function(model) if white_box else None
     bounded = _bounded_model(model) if bound else None
@@ -453,11 +456,12 @@ def _input_space(model: ProbabilityModel) -> str:
     return f"the model's input tensor, shape {list(spec.shape)}, {spec.dtype}{rng}; L2 norm over all coordinates"
 
 
-def _check_options(
-    directions: int, scheme: str, estimator: str, tau: float, bootstrap: int, confidence: float,
-    limit: int | None, step: float | None, seed: int, concurrency: int, sample: int | None = None,
-    draws: str = "rademacher", generator: str = "auto",
+def check_options(
+    directions: int, scheme: str, estimator: str, tau: float, limit: int | None, step: float | None, seed: int,
+    concurrency: int, sample: int | None = None, draws: str = "rademacher", generator: str = "auto", *,
+    bootstrap: int = 1000, confidence: float = 0.95,
 ) -> None:
+    """UsageError naming the first bad audit option (the CLI asks before it loads the model)."""
     problems = [
         (not isinstance(concurrency, int) or concurrency < 1, f"concurrency must be an integer >= 1 (got {concurrency!r})"),
         (not isinstance(seed, int) or seed < 0, f"seed must be a non-negative integer (got {seed!r})"),

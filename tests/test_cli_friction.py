@@ -37,6 +37,16 @@ def test_option_the_adapter_does_not_take_is_a_usage_error(tmp_path: Path) -> No
     assert "TypeError" not in res.stderr and not (tmp_path / "report.json").exists()
 
 
+@pytest.mark.parametrize(("option", "value", "named"), [("--scheme", "backward", "scheme"), ("--tau", "-1", "tau"),
+                                                    ("--generator", "gpu", "generator")])
+def test_bad_option_is_refused_before_the_model_loads(tmp_path: Path, option: str, value: str, named: str) -> None:
+    """Checked before the model (here a missing file, which would be the error otherwise) and before any progress."""
+    res = run("audit", str(tmp_path / "missing.onnx"), "--data", str(EXAMPLE_DATA), "--out", str(tmp_path / "r.json"), option, value)
+    assert res.returncode == 2, res.stderr  # usage error
+    assert named in res.stderr and "missing.onnx" not in res.stderr and "samples" not in res.stdout + res.stderr
+    assert not list(tmp_path.iterdir())
+
+
 def test_unwritable_out_is_refused_before_the_audit_and_names_out(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

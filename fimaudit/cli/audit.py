@@ -34,6 +34,7 @@ from fimaudit.policy import PolicyResult, load_policy
 from fimaudit.registry import load_model
 from fimaudit.report import AuditReport, SkippedInput
 from fimaudit.runner import audit as run_audit
+from fimaudit.runner import check_options
 from fimaudit.signing import Assurance, attest, build_predicate, envelope_to_bytes, require_attestable
 
 # The runner refuses fewer; below RELIABLE_INTERVAL_DIRECTIONS the intervals may undercover: 90%
@@ -147,6 +148,8 @@ def audit(
         require_utf8_path(model, "model")  # the report records it as text, after the whole audit
         if limit is not None and sample is not None:
             raise UsageError("--limit and --sample both choose which inputs to audit.", "give one of them")
+        # Every option is checked before the model loads and the progress bar starts.
+        check_options(directions, scheme, estimator, tau, limit, step, seed, concurrency, sample, draws, generator)
         level = declared_assurance(assurance)
         if skip_unreadable and not data.is_dir():
             raise UsageError("--skip-unreadable applies to a folder of images only.", "drop it, or pass --data a folder")
