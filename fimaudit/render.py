@@ -25,7 +25,7 @@ from fimaudit.signing import ASSURANCE_MEANINGS, NON_CLAIMS, AuditPredicate, Non
 from fimaudit.signing.predicate import COMPLIANCE, harness_names, sample_info, threat_model
 from fimaudit.policy import PolicyCheck, PolicyResult, recheck
 from fimaudit.lipschitz_bound import ALL_INPUTS
-from fimaudit.report import FLAG_MEANINGS, AuditConfig, AuditReport, ModelBound, SampleBound, SampleResult, Stats, estimates_above_bound
+from fimaudit.report import FLAG_MEANINGS, AuditConfig, AuditReport, ModelBound, SampleBound, SampleResult, Stats, describe_scheme, estimates_above_bound
 
 WIDTH, HEIGHT, MARGIN = 540, 320, 56
 MAX_ROWS = 1000  # the table lists this many samples; the plots show all of them
@@ -210,22 +210,23 @@ def _rows(pairs: Sequence[tuple[str, str]], limit: int = MAX_TEXT) -> str:
 
 
 def _provenance(report: AuditReport, signers: Sequence[str]) -> str:
-    m, d, c = report.model, report.data, report.config
+    m, d = report.model, report.data
     signed = ", ".join(signers) if signers else "not verified here (render --key checks the signatures)"
     return _rows([
         ("model", m.reference), ("model sha256", m.sha256 or "endpoint (no file): see identity below"),
         ("adapter / provider", f"{m.adapter} / {m.provider or '-'}"),
         ("input", f"{m.input_shape} {m.input_dtype}, {m.classes} classes, outputs {m.output_kind}"),
         ("data", f"{d.source or '-'}: shape {d.shape}, {d.dtype}, sha256 {d.sha256}"),
-        ("method", _method(c)),
+        ("method", _method(report)),
         ("tool", f"{report.tool.name} {report.tool.version}"), ("signed by", signed),
         *[(f"identity: {k}", v) for k, v in sorted(m.extra.items()) if k != "fingerprint"],
     ])
 
 
-def _method(c: AuditConfig) -> str:
-    return (f"{c.estimator}, {c.directions} directions ({c.draws} where not orthogonal, {c.generator} generator), {c.scheme} differences, {_step_rule(c)}, "
-            f"{c.confidence:.0%} interval: {c.interval_method}")
+def _method(report: AuditReport) -> str:
+    c = report.config
+    return (f"{c.estimator}, {c.directions} directions ({c.draws} where not orthogonal, {c.generator} generator), "
+            f"{describe_scheme(report)}, {_step_rule(c)}, {c.confidence:.0%} interval: {c.interval_method}")
 
 
 def _fmt(value: float | None) -> str:

@@ -458,6 +458,16 @@ class AuditReport(_Model):
             raise DataError(f"cannot read the report {path}: {exc}", "pass a report written by fimaudit") from exc
 
 
+def describe_scheme(report: AuditReport) -> str:
+    """The finite differences in words: under auto, how many samples took forward ones."""
+    c = report.config
+    if c.scheme != "auto":
+        return f"{c.scheme} differences"
+    forward = sum(s.scheme == "forward" for s in report.samples)
+    centred = ", centred" if c.centred_forward else ""
+    return f"auto differences (forward{centred} on {forward} of {len(report.samples)} samples, central on the rest)"
+
+
 def stats(values: list[float | None] | np.ndarray) -> Stats:
     """Order statistics; None entries stand for +infinity (an unbounded radius)."""
     arr = np.array([np.inf if v is None else v for v in values], dtype=np.float64)

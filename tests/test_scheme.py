@@ -12,7 +12,7 @@ from fimaudit.data import check_inputs
 from fimaudit.differences import FORWARD_BIAS_SHARE, StepChoice, decide_scheme
 from fimaudit.engine import QueryEngine
 from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample
-from fimaudit.report import AuditReport
+from fimaudit.report import AuditReport, describe_scheme
 from fimaudit.reproduction import config_of
 
 Predict = Callable[[np.ndarray], np.ndarray]
@@ -181,3 +181,17 @@ def test_unknown_scheme_is_refused() -> None:
     model = fimaudit.CallableModel(lambda x: softmax(x[:, :3]), fimaudit.InputSpec(shape=(4,)), num_classes=3)
     with pytest.raises(fimaudit.errors.UsageError, match="auto, central, forward or richardson"):
         fimaudit.audit(model, np.zeros((1, 4)), scheme="backward")
+
+
+def test_html_and_summary_say_how_many_samples_took_forward() -> None:
+    from fimaudit.render import render_html
+
+    predict, _ = smooth_model()
+    model = fimaudit.CallableModel(predict, fimaudit.InputSpec(shape=(48,)), num_classes=6)
+    x = np.random.default_rng(2).standard_normal((3, 48))
+    auto = fimaudit.audit(model, x, directions=64, seed=0, estimator="sketch", bootstrap=100)  # auto: the default
+    forward = sum(s.scheme == "forward" for s in auto.samples)
+    said = f"auto differences (forward, centred on {forward} of 3 samples, central on the rest)"
+    assert auto.config.scheme == "auto" and forward == 3 and said == describe_scheme(auto) and said in render_html(auto)
+    central = fimaudit.audit(model, x, directions=64, seed=0, estimator="sketch", bootstrap=100, scheme="central")
+    assert describe_scheme(central) == "central differences"

@@ -8,7 +8,7 @@ from rich.table import Table
 from fimaudit.cli.app import out
 from fimaudit.comparison import Comparison
 from fimaudit.policy import PolicyCheck, PolicyResult
-from fimaudit.report import FLAG_MEANINGS, AuditReport, Summary, estimates_above_bound
+from fimaudit.report import FLAG_MEANINGS, AuditReport, Summary, describe_scheme, estimates_above_bound
 
 
 def print_summary(report: AuditReport) -> None:
@@ -26,7 +26,7 @@ def print_summary(report: AuditReport) -> None:
     out.print(
         f"{s.queries} queries in {s.wall_seconds:.2f} s ({s.queries_per_second:,.0f}/s) on "
         f"{escape(report.model.provider or report.model.adapter)}; estimator {report.config.estimator}, "
-        f"{report.config.directions} directions, {report.config.scheme} differences, {step_summary(report)}"
+        f"{report.config.directions} directions, {describe_scheme(report)}, {step_summary(report)}"
     )
     for flag, count in s.flags.items():
         out.print(f"[yellow]{flag}[/]: {count} of {s.n} inputs. {FLAG_MEANINGS.get(flag, '')}", soft_wrap=True)
