@@ -63,8 +63,8 @@ def audit(
     ),
     directions: int = typer.Option(
         256, "--directions", metavar="K", min=MIN_DIRECTIONS,
-        help=f"Random directions per input, at least {MIN_DIRECTIONS} ({RELIABLE_INTERVAL_DIRECTIONS} or more for intervals "
-        "you can quote); more: tighter estimate, more queries.",
+        help=f"Budget per input: 2K queries, on K central or 2K forward directions (see --scheme); at least {MIN_DIRECTIONS} "
+        f"({RELIABLE_INTERVAL_DIRECTIONS} or more for intervals you can quote). More: tighter estimate, more queries.",
     ),
     seed: int = typer.Option(0, "--seed", metavar="SEED", help="Seed: the same seed gives the same report."),
     scheme: str = typer.Option(
