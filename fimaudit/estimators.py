@@ -267,7 +267,8 @@ Witness = Callable[[np.ndarray], np.ndarray]
 def _measure(
     fd: FiniteDifferences, blocks: Iterator[np.ndarray | SignBits | SignRows], witness_d: int, centre: bool = False,
 ) -> Generator[Request, np.ndarray, tuple[np.ndarray, Witness | None]]:
-    """All k JVPs (rows; with `centre`, as centre_rows leaves them), and the witness when witness_d > 0."""
+    """All k JVPs (rows; with `centre`, less their mean and scaled by centre_scale), and the witness when
+    witness_d > 0 (from the rows as returned)."""
     cross = np.zeros((fd.p.size, witness_d)) if witness_d else None  # K x d: row-major products are fast
     total = np.zeros(witness_d) if witness_d and centre else None  # sum of the directions, to centre the witness
     rows: list[np.ndarray] = []
@@ -285,15 +286,17 @@ def _measure(
             if total is not None:
                 total += dense.sum(axis=0)
     y_all = np.concatenate(rows, axis=0)
-    mean, scale = (y_all.mean(axis=0), centre_scale(len(y_all))) if centre else (np.zeros(fd.p.size), 1.0)
-    y_used = (y_all - mean) * scale if centre else y_all
+    mean = y_all.mean(axis=0) if centre else None
+    y_used = (y_all - mean) * centre_scale(len(y_all)) if mean is not None else y_all
     if cross is None:
         return y_used, None
     if counter:
         every = SignRows(counter[0].key, counter[0].start, counter[-1].stop, witness_d)
         return y_used, lambda u: every.combine(y_used @ u)
-    # sum_j (u . (y_j - mean)) omega_j, times the scale (which only lengthens the witness).
-    return y_used, lambda u: ((u @ cross) - (u @ mean) * total if total is not None else u @ cross) * scale
+    if mean is None or total is None:
+        return y_used, lambda u: u @ cross
+    # sum_j (u . (y_j - mean)) omega_j (the scale only lengthens the witness, whose length does not matter).
+    return y_used, lambda u: u @ cross - (u @ mean) * total
 
 
 def centre_scale(k: int) -> float:

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
 
 import fimaudit
 from fimaudit.data import check_inputs
-from fimaudit.differences import FORWARD_BIAS_SHARE, StepChoice, decide_scheme
+from fimaudit.diagnostics import ResolutionProbe
+from fimaudit.differences import FORWARD_BIAS_SHARE, FiniteDifferences, StepChoice, decide_scheme
 from fimaudit.engine import QueryEngine
-from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample
+from fimaudit.estimators import EstimatorConfig, SampleEstimate, _measure, estimate_sample
+from fimaudit.perturbations import Perturbations, SignBits
 from fimaudit.report import AuditReport, describe_scheme
 from fimaudit.reproduction import config_of
 
@@ -195,3 +198,33 @@ def test_html_and_summary_say_how_many_samples_took_forward() -> None:
     assert auto.config.scheme == "auto" and forward == 3 and said == describe_scheme(auto) and said in render_html(auto)
     central = fimaudit.audit(model, x, directions=64, seed=0, estimator="sketch", bootstrap=100, scheme="central")
     assert describe_scheme(central) == "central differences"
+
+
+def _drive(task: Any, predict: Predict) -> Any:
+    """Runs an estimator generator against `predict`, forming its requests here."""
+    try:
+        request = next(task)
+        while True:
+            x = request.materialize() if isinstance(request, Perturbations) else np.asarray(request)
+            request = task.send(predict(x.reshape(len(x), -1)))
+    except StopIteration as stop:
+        return stop.value
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "signs"])
+def test_centred_witness_combines_the_directions_with_the_centred_rows(kind: str) -> None:
+    d = 40
+    predict, _ = quadratic_model(d, 3)
+    x = np.random.default_rng(6).standard_normal(d) * 0.5
+    p = predict(x[None])[0]
+    fd = FiniteDifferences(x, (d,), p, 0.05, "forward", ResolutionProbe(p, "float64"))
+    rng = np.random.default_rng(7)
+    omega = rng.standard_normal((24, d)) if kind == "gaussian" else 1.0 - 2.0 * rng.integers(0, 2, (24, d))
+    blocks = [omega[:10], omega[10:]] if kind == "gaussian" else [SignBits(omega[:10] < 0), SignBits(omega[10:] < 0)]
+    y, witness = _drive(_measure(fd, iter(blocks), d, centre=True), predict)
+    raw, _ = _drive(_measure(fd, iter(blocks), d, centre=False), predict)
+    assert np.allclose(y, (raw - raw.mean(axis=0)) * np.sqrt(24 / 23))
+    u = np.random.default_rng(8).standard_normal(3)
+    expected = (y @ u) @ omega  # sum_j (u . y_j) omega_j over the centred rows
+    got = witness(u)
+    assert np.allclose(got / np.linalg.norm(got), expected / np.linalg.norm(expected), atol=1e-6)
