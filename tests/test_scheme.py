@@ -80,11 +80,15 @@ def test_auto_keeps_central_differences_at_max_pool_ties() -> None:
             assert s.directions == (256 if scheme == "forward" else 128)
 
 
+SAME = object()  # _choice's default spread: the disagreement itself (an even part with no mean)
+
+
 def _choice(
-    one_sided: float | None, rank: float | None = 1.0, kink: float | None = None, spread: float | None = -1.0
+    one_sided: float | None, rank: float | None = 1.0, kink: float | None = None, spread: object = SAME
 ) -> StepChoice:
-    spread = one_sided if spread == -1.0 else spread
-    return StepChoice(1e-3, True, 0.0, ((1e-3, 1.0, 3),), 6, True, kink, one_sided, rank, spread)
+    spread_value = one_sided if spread is SAME else spread
+    assert spread_value is None or isinstance(spread_value, float)
+    return StepChoice(1e-3, True, 0.0, ((1e-3, 1.0, 3),), 6, True, kink, one_sided, rank, spread_value)
 
 
 @pytest.mark.parametrize(
