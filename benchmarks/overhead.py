@@ -404,19 +404,20 @@ def reading(rows: list[Row]) -> str:
 def write(prefix: Path, rows: list[Row], profiles: dict[str, list[dict[str, Any]]], args: argparse.Namespace, where: str | None = None) -> None:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     where = where or machine()
-    data = {"machine": where, "repeats": args.repeats, "target": TARGET,
+    scheme = getattr(args, "scheme", "central")  # pages before the --scheme option measured central differences
+    data = {"machine": where, "repeats": args.repeats, "scheme": scheme, "target": TARGET,
             "rows": [asdict(r) | {"ratio": r.ratio} for r in rows], "profiles": profiles}
-    (prefix.parent / f"{prefix.name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    _file(prefix, "json").write_text(json.dumps(data, indent=2) + "\n")
     command = " ".join(["benchmarks/overhead.py", *sys.argv[1:]])
     profiles_md = "\n\n".join(profile_table(name, entries) for name, entries in profiles.items())
-    (prefix.parent / f"{prefix.name}.md").write_text(
+    _file(prefix, "md").write_text(
         "# Overhead: a whole audit versus the raw inference it needs\n\n"
         f"Written by `{command}`; the method is in that script's docstring. In short: one untimed audit\n"
         "records every batch the engine sends to the model; then the audit end to end (*audit*), the\n"
         "framework alone on exactly those batches (*raw*), the adapter's `predict_proba` on them\n"
         "(*adapter*) and the audit against a stand-in model that replays the recorded outputs at once\n"
         f"(*no-model*: everything but inference) are timed, interleaved, best of {args.repeats}. Target:\n"
-        f"audit/raw ≤ {TARGET:.2f}. Scheme {getattr(args, 'scheme', 'central')}, default step, seed 0; the queries per sample are\n"
+        f"audit/raw ≤ {TARGET:.2f}. Scheme {scheme}, default step, seed 0; the queries per sample are\n"
         "2k + 5 for the sketch (d > k) and 2d + 5 in exact mode (d ≤ k, the digits model).\n\n"
         f"Machine: {where} (at the end of the run).\n\n"
         f"{table(rows)}\n\n"
@@ -437,13 +438,19 @@ def write(prefix: Path, rows: list[Row], profiles: dict[str, list[dict[str, Any]
     )
 
 
+def _file(prefix: Path, suffix: str) -> Path:
+    """PREFIX.suffix: appended, not substituted (a prefix such as overhead_0.5 keeps its .5)."""
+    return prefix.parent / f"{prefix.name}.{suffix}"
+
+
 def rewrite(prefix: Path, command: list[str]) -> None:
     """Rewrite OUT.md from OUT.json (after a change to the text, without re-measuring)."""
-    data = json.loads((prefix.parent / f"{prefix.name}.json").read_text())
+    data = json.loads(_file(prefix, "json").read_text())
     fields = set(Row.__dataclass_fields__)
     rows = [Row(**{k: v for k, v in r.items() if k in fields}) for r in data["rows"]]
     sys.argv = [sys.argv[0], *command]
-    write(prefix, rows, data["profiles"], argparse.Namespace(repeats=data["repeats"]), data["machine"])
+    args = argparse.Namespace(repeats=data["repeats"], scheme=data.get("scheme", "central"))
+    write(prefix, rows, data["profiles"], args, data["machine"])
 
 
 def main() -> None:

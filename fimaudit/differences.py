@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator
 from dataclasses import dataclass, field, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
@@ -25,6 +25,7 @@ from fimaudit.perturbations import Directions, Perturbations, Request
 Scheme = Literal["central", "forward", "richardson"]
 # What the user asks for: a scheme, or "auto" (central pilot; forward where it is unbiased, see decide_scheme).
 SchemeOption = Literal["auto", "central", "forward", "richardson"]
+SCHEME_OPTIONS: tuple[str, ...] = get_args(SchemeOption)
 
 # Finite-difference evaluation points per direction, as multiples of the step h.
 SCHEME_POINTS: dict[str, tuple[float, ...]] = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import scipy.linalg
@@ -45,6 +45,7 @@ from fimaudit.differences import (
 )
 
 EstimatorName = Literal["auto", "sketch", "exact"]
+ESTIMATOR_NAMES: tuple[str, ...] = get_args(EstimatorName)
 # The law of the sketch's random directions (where orthogonal groups do not apply). Both have
 # E[v v^T] = I and length sqrt(d); see _rademacher_blocks for why signs are the default.
 Draws = Literal["rademacher", "gaussian"]

@@ -18,7 +18,8 @@ from fimaudit.data import SAMPLE_RULE, DataStats, check_inputs, digest, draw_sam
 from fimaudit.distributed import RayOptions, run_on_ray
 from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
-from fimaudit.estimators import EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
+from fimaudit.differences import SCHEME_OPTIONS
+from fimaudit.estimators import ESTIMATOR_NAMES, EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
 from fimaudit.journal import Journal, JournalLock
 from fimaudit.model import check_batch_independence
 from fimaudit.perturbations import GENERATORS, DevicePerturbing
@@ -41,6 +42,9 @@ from fimaudit.threads import single_threaded_blas
 # textbook h ~ eps_out^(1/3). On real trained networks this is far outside the local regime, so it
 # is only the first rung: the search moves down to a step that has converged (differences.py).
 RELATIVE_STEP = {"float16": 3e-2, "float32": 1e-2, "float64": 1e-4}
+# Defaults of audit(), which check_options assumes where a caller (the CLI) does not choose them.
+BOOTSTRAP = 1000
+CONFIDENCE = 0.95
 STEP_RULE = (
     "per sample: a pilot of 3 directions from the start step, jumping to eps_tau/20, then down by 4x "
     "until two successive steps agree (docs/math.md)"
@@ -66,8 +70,8 @@ def audit(
     tau: float = 0.01,
     limit: int | None = None,
     sample: int | None = None,
-    bootstrap: int = 1000,
-    confidence: float = 0.95,
+    bootstrap: int = BOOTSTRAP,
+    confidence: float = CONFIDENCE,
     witness: bool = True,
     concurrency: int = 1,
     data_source: str | None = None,
@@ -459,15 +463,15 @@ def _input_space(model: ProbabilityModel) -> str:
 def check_options(
     directions: int, scheme: str, estimator: str, tau: float, limit: int | None, step: float | None, seed: int,
     concurrency: int, sample: int | None = None, draws: str = "rademacher", generator: str = "auto", *,
-    bootstrap: int = 1000, confidence: float = 0.95,
+    bootstrap: int = BOOTSTRAP, confidence: float = CONFIDENCE,
 ) -> None:
     """UsageError naming the first bad audit option (the CLI asks before it loads the model)."""
     problems = [
         (not isinstance(concurrency, int) or concurrency < 1, f"concurrency must be an integer >= 1 (got {concurrency!r})"),
         (not isinstance(seed, int) or seed < 0, f"seed must be a non-negative integer (got {seed!r})"),
         (not isinstance(directions, int) or directions < 2, f"directions must be an integer >= 2 (got {directions!r})"),
-        (scheme not in ("auto", "central", "forward", "richardson"), f"scheme must be auto, central, forward or richardson (got {scheme!r})"),
-        (estimator not in ("auto", "sketch", "exact"), f"estimator must be auto, sketch or exact (got {estimator!r})"),
+        (scheme not in SCHEME_OPTIONS, f"scheme must be auto, central, forward or richardson (got {scheme!r})"),
+        (estimator not in ESTIMATOR_NAMES, f"estimator must be auto, sketch or exact (got {estimator!r})"),
         (draws not in ("rademacher", "gaussian"), f"draws must be rademacher or gaussian (got {draws!r})"),
         (generator not in ("auto", *GENERATORS), f"generator must be auto, numpy or counter (got {generator!r})"),
         # The counter generator makes signs only (fimaudit.perturbations).

@@ -15,9 +15,9 @@ from rich.markup import escape
 from fimaudit.bounds import QUANTILES, allowed_exceedances, effective_level, inputs_needed
 from fimaudit.cli.app import app, errors_to_exit_codes, out
 from fimaudit.cli.audit import load_model_or_explain, model_options, parse_shape
-from fimaudit.differences import PILOT_DIRECTIONS, PILOT_STEPS
+from fimaudit.differences import PILOT_DIRECTIONS, PILOT_STEPS, SCHEME_OPTIONS
 from fimaudit.errors import UsageError
-from fimaudit.estimators import COORDINATE_PASSES, WITNESS_MAX_ENTRIES, WITNESS_MIN_RATIO, EstimatorConfig
+from fimaudit.estimators import COORDINATE_PASSES, ESTIMATOR_NAMES, WITNESS_MAX_ENTRIES, WITNESS_MIN_RATIO, EstimatorConfig
 
 BASE_QUERIES = 2  # the input itself, twice (estimators.estimate_sample)
 
@@ -132,8 +132,8 @@ def _check(quantile: float, confidence: float, scheme: str, estimator: str) -> N
     problems = [
         (not 0 < quantile < 1, f"--quantile must be in (0, 1) (got {quantile!r})", "e.g. --quantile 0.9 for p90"),
         (not 0.5 <= confidence < 1, f"--confidence must be in [0.5, 1) (got {confidence!r})", "e.g. --confidence 0.95"),
-        (scheme not in ("auto", "central", "forward", "richardson"), f"unknown --scheme {scheme!r}", "auto, central, forward or richardson"),
-        (estimator not in ("auto", "sketch", "exact"), f"unknown --estimator {estimator!r}", "auto, sketch or exact"),
+        (scheme not in SCHEME_OPTIONS, f"unknown --scheme {scheme!r}", "auto, central, forward or richardson"),
+        (estimator not in ESTIMATOR_NAMES, f"unknown --estimator {estimator!r}", "auto, sketch or exact"),
     ]
     for bad, message, fix in problems:
         if bad:
