@@ -20,7 +20,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from fimaudit.diagnostics import COMPLEMENT_ABOVE, ResolutionProbe
-from fimaudit.perturbations import Directions, Perturbations, Request
+from fimaudit.perturbations import Directions, Perturbations, Request, SignEnds
 
 Scheme = Literal["central", "forward", "richardson"]
 # What the user asks for: a scheme, or "auto" (central pilot; forward where it is unbiased, see decide_scheme).
@@ -115,6 +115,8 @@ class FiniteDifferences:
     dtype: str = "float64"
     # x cast to the input dtype, shared by the copies at() and replace() make (not a field of equality).
     _origin: dict[str, np.ndarray] = field(default_factory=dict, compare=False, repr=False)
+    # Perturbations.signed, shared by every request of this input.
+    _signed: dict[tuple[str, float], SignEnds | None] = field(default_factory=dict, compare=False, repr=False)
 
     def at(self, step: float, probe: ResolutionProbe | None = None) -> FiniteDifferences:
         return replace(self, step=step, probe=self.probe if probe is None else probe)
@@ -156,7 +158,8 @@ class FiniteDifferences:
         into the batch it is sent in, or by the model where it runs (fimaudit.perturbations). They are
         formed in the model's dtype: x + (h v) is rounded to it once more than in float64, within its
         resolution, which the step already keeps clear of (INPUT_MARGIN)."""
-        return Perturbations(self.origin(), self.shape, tuple(s * self.step for s in points), directions, dtype=self.dtype)
+        scales = tuple(s * self.step for s in points)
+        return Perturbations(self.origin(), self.shape, scales, directions, dtype=self.dtype, signed=self._signed)
 
     def origin(self) -> np.ndarray:
         """x in the input dtype, cast once per input and shared by every request (never written to)."""

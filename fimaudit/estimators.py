@@ -67,9 +67,13 @@ WITNESS_MAX_ENTRIES = 20_000_000
 WITNESS_MIN_RATIO = 64
 JACKKNIFE_GROUPS = 20
 # Bootstrap resamples' top eigenvalues: full spectra of the r x r matrices up to this rank, batched
-# Lanczos beyond it (batched_top), converged to LANCZOS_TOL relative.
+# Lanczos beyond it (batched_top), converged to LANCZOS_TOL relative (the jackknife, whose group count
+# multiplies its values' errors) or to BOOTSTRAP_TOL (the resamples, which spread by percents: 15% less
+# time on EfficientNet-Lite1's JVPs, values equal to 2e-14; float32 products would take 2.5x less, but
+# their 4e-7 errors would break the journal re-check's 1e-9 across BLAS builds).
 DENSE_RANK = 32
 LANCZOS_TOL = 1e-13
+BOOTSTRAP_TOL = 1e-10
 LANCZOS_MAX_STEPS = 120
 LANCZOS_CHUNK = 64
 # Counter sign rows per request (see direction_blocks).
@@ -564,7 +568,7 @@ def bootstrap_lambdas(us: np.ndarray, reps: int, rng: np.random.Generator) -> np
     if r <= DENSE_RANK:
         outer = (us[:, :, None] * us[:, None, :]).reshape(k, r * r)
         return np.linalg.eigvalsh((counts @ outer).reshape(reps, r, r) / k)[:, -1]
-    return batched_top(us, counts / k)
+    return batched_top(us, counts / k, tol=BOOTSTRAP_TOL)
 
 
 def resample_counts(k: int, reps: int, rng: np.random.Generator) -> np.ndarray:
@@ -574,19 +578,20 @@ def resample_counts(k: int, reps: int, rng: np.random.Generator) -> np.ndarray:
     return np.bincount(picks.ravel(), minlength=reps * k).reshape(reps, k).astype(np.float64)
 
 
-def batched_top(us: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def batched_top(us: np.ndarray, weights: np.ndarray, *, tol: float = LANCZOS_TOL) -> np.ndarray:
     """Top eigenvalue of us^T diag(w) us for every row w of `weights` (reps x k), by Lanczos run on all
     of them at once: never the r x r matrices, whose products and full spectra cost 0.9 s an input
     for a 1000-class model (r = 256), against ~0.05 s here. Each step is two (reps x k x r) products;
     every Lanczos vector is kept and re-orthogonalised against twice, so the Ritz values are those of
     exact arithmetic. It starts from e_0, the top eigenvector of the un-resampled matrix diag(s^2)
     in these coordinates, near every resample's; it stops when each top Ritz value (a lower bound that
-    only grows) moved by under LANCZOS_TOL relative twice running, and after r steps it is exact."""
+    only grows) moved by under `tol` relative twice running, and after r steps it is exact."""
     if len(weights) > LANCZOS_CHUNK:  # bounds the kept vectors' memory: chunk x steps x r
-        return np.concatenate([batched_top(us, weights[i : i + LANCZOS_CHUNK]) for i in range(0, len(weights), LANCZOS_CHUNK)])
+        parts = [batched_top(us, weights[i : i + LANCZOS_CHUNK], tol=tol) for i in range(0, len(weights), LANCZOS_CHUNK)]
+        return np.concatenate(parts)
     reps, r = len(weights), us.shape[1]
     steps = min(r, LANCZOS_MAX_STEPS)
-    basis = np.zeros((reps, steps, r))
+    basis = np.empty((reps, steps, r))  # only the steps taken are written and read
     q = np.zeros((reps, r))
     q[:, 0] = 1.0
     alphas, betas = np.zeros((reps, r)), np.zeros((reps, r))
@@ -598,7 +603,7 @@ def batched_top(us: np.ndarray, weights: np.ndarray) -> np.ndarray:
         for _ in range(2):  # removes alpha q_j and beta q_(j-1) with the rest: full re-orthogonalisation
             z -= np.einsum("bjr,bj->br", basis[:, : j + 1], np.einsum("bjr,br->bj", basis[:, : j + 1], z))
         theta = _tridiagonal_top(alphas[:, : j + 1], betas[:, :j])
-        calm = calm + 1 if j and np.all(theta - top <= LANCZOS_TOL * np.abs(theta)) else 0
+        calm = calm + 1 if j and np.all(theta - top <= tol * np.abs(theta)) else 0
         top = theta
         if calm >= 2 or j == r - 1:
             return top

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
@@ -132,6 +132,8 @@ class SignBits:
 
 # A request's directions: an array (b, d), bits of signs, or counter sign rows.
 Directions = SignRows | SignBits | np.ndarray
+# x + s and the gap to x - s, for forming sign rows (Perturbations._sign_ends).
+SignEnds = tuple[np.ndarray, np.ndarray]
 
 
 def _part(rows: Directions, start: int, stop: int) -> Directions:
@@ -154,6 +156,10 @@ class Perturbations:
     lo: int = 0
     hi: int = -1
     dtype: str = "float32"
+    # Per (dtype, scale s): (x + s, (x - s) - (x + s)) where that difference is exact (else None), for forming
+    # sign rows in two passes; shared by the slices of a request, and by every request of one input
+    # (one origin) when its maker passes one dict (differences.FiniteDifferences does).
+    signed: dict[tuple[str, float], SignEnds | None] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.hi < 0:
@@ -184,6 +190,11 @@ class Perturbations:
             if isinstance(rows, SignRows):  # a device would draw them; here they are drawn as numpy's are held
                 rows = rows.bits()
             if isinstance(rows, SignBits):
+                ends = self._sign_ends(scale)
+                if ends is not None:  # bit * gap is 0 or gap exactly, and x + s plus that is x + s or x - s
+                    np.multiply(rows.bits.view(np.uint8), ends[1], out=block)
+                    block += ends[0]
+                    continue
                 # bit * (-2 step) + step is +-step exactly (step = the scale rounded to the dtype; doubling is
                 # exact), then x + that rounds once: what the product with +-1 gives, in three passes.
                 step = np.asarray(scale, dtype=self.dtype)
@@ -193,6 +204,19 @@ class Perturbations:
                 continue
             np.multiply(rows, scale, out=block, casting="unsafe")
             block += self.origin
+
+    def _sign_ends(self, scale: float) -> SignEnds | None:
+        """(x + s, gap) for two-pass forming of sign rows, with x + s + gap == x - s checked in the dtype: the
+        inputs x +- s each rounded once, as the three-pass form gives them (and a device), for one pass less
+        per row. None where some gap is inexact (a coordinate where x + s and x - s differ in sign and
+        exponent): then the three passes."""
+        key = (self.dtype, scale)
+        if key not in self.signed:
+            step = np.asarray(scale, dtype=self.dtype)
+            plus, minus = self.origin + step, self.origin - step
+            gap = minus - plus
+            self.signed[key] = (plus, gap) if np.array_equal(plus + gap, minus) else None
+        return self.signed[key]
 
     def materialize(self) -> np.ndarray:
         """The inputs, formed here: (len, *shape) in the input dtype."""

@@ -224,5 +224,7 @@ def test_batched_lanczos_matches_full_spectra(spectrum: str, monkeypatch: pytest
     weights = resample_counts(k, 40, rng) / k
     direct = np.array([np.linalg.eigvalsh(us.T @ (w[:, None] * us))[-1] for w in weights])
     np.testing.assert_allclose(batched_top(us, weights), direct, rtol=1e-9)
+    # The bootstrap's looser tolerance keeps every value well inside the journal re-check's 1e-9.
+    np.testing.assert_allclose(batched_top(us, weights, tol=estimators.BOOTSTRAP_TOL), direct, rtol=2e-10)
     monkeypatch.setattr(estimators, "LANCZOS_MAX_STEPS", 3)
     np.testing.assert_allclose(batched_top(us, weights[:4]), direct[:4], rtol=1e-8)

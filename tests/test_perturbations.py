@@ -225,15 +225,20 @@ def test_html_report_names_the_generator() -> None:
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 @pytest.mark.parametrize("scale", [2.0**-10, 1.234567e-3])
-def test_inputs_from_sign_bits_equal_those_from_signs(dtype: str, scale: float) -> None:
-    """numpy's sign directions are formed from their bits (bit * -2h + h + x): the same inputs, bit for
-    bit, as the product with +-1 floats gives, for any step and dtype."""
+@pytest.mark.parametrize("low", [-3.0, 0.5])
+def test_inputs_from_sign_bits_equal_those_from_signs(dtype: str, scale: float, low: float) -> None:
+    """numpy's sign directions are formed from their bits (x + h + bit * gap, or bit * -2h + h + x where
+    the gap is inexact): the same inputs, bit for bit, as the product with +-1 floats gives, for any step
+    and dtype. Inputs away from 0 (low 0.5) take the two-pass form; around 0 some gaps are inexact."""
     from fimaudit.perturbations import SignBits
 
     rng = np.random.default_rng(4)
-    origin = rng.uniform(-3, 3, 300).astype(dtype)
+    origin = rng.uniform(low, 3, 300).astype(dtype)
     bits = rng.integers(0, 2, (7, 300), dtype=np.uint8).view(bool)
-    formed = Perturbations(origin, (300,), (scale, -scale), SignBits(bits), dtype=dtype).materialize()
+    request = Perturbations(origin, (300,), (scale, -scale), SignBits(bits), dtype=dtype)
+    formed = request.materialize()
+    if low > 0:
+        assert all(ends is not None for ends in request.signed.values()) and len(request.signed) == 2
     signs = 1.0 - 2.0 * bits.astype(dtype)
     expected = np.empty((14, 300), dtype)
     for i, s in enumerate((scale, -scale)):
