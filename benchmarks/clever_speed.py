@@ -3,7 +3,7 @@
 One model, one process: the ReLU + max-pooling CNN of benchmarks/whitebox_agreement.py on 3x32x32
 (trained for a few seconds on its synthetic gratings task), run by PyTorch on the CPU, and the same
 held-out inputs for every method:
-  fimaudit black box:  fimaudit.audit(TorchModel, x, directions=256), central differences;
+  fimaudit black box:  fimaudit.audit(TorchModel, x, directions=256), its default scheme (auto);
   fimaudit white box:  the same call with white_box=True (the black-box audit plus
                        TorchModel.exact_fisher, the float64 Jacobian), and exact_fisher alone;
   CLEVER:              art.metrics.clever_u on an art PyTorchClassifier of the same module, L2.
@@ -181,7 +181,8 @@ def write(data: dict[str, Any]) -> None:
         "Written by `benchmarks/clever_speed.py` (method in its docstring). One model, the ReLU + max-pooling\n"
         "CNN of `whitebox_agreement.py` (3×32×32, 10 classes, trained two epochs on the synthetic gratings),\n"
         "run by PyTorch on the CPU; the same held-out inputs for every method. fimaudit: k = 256 directions,\n"
-        "central differences (2k + 5 = 517 queries per input). CLEVER: `art.metrics.clever_u`, norm 2,\n"
+        "the default `--scheme auto` (2k queries on k central or 2k forward directions, plus the pilot's).\n"
+        "CLEVER: `art.metrics.clever_u`, norm 2, "
         f"nb_batches {c['nb_batches']}, radius {c['radius']}, c_init {c['c_init']}, pool_factor {c['pool_factor']}.\n"
         "ART has no defaults for nb_batches, batch_size and radius (they are required arguments); c_init\n"
         "and pool_factor are its defaults. The CLEVER paper's experiments use N_s = 1024 samples per batch\n"
@@ -197,7 +198,7 @@ def write(data: dict[str, Any]) -> None:
         "## Reading\n\n"
         f"At batch_size 1024 CLEVER makes (K − 1) × 1024 × 2 = {gradient_calls:,} calls of `class_gradient` on\n"
         f"pool_factor = {c['pool_factor']} rows each per input (each a forward and a backward pass), plus K − 1\n"
-        "Weibull fits; nb_batches and radius barely change its cost. fimaudit needs 2k + 5 forward rows per\n"
+        "Weibull fits; nb_batches and radius barely change its cost. fimaudit needs about 2k forward rows per\n"
         "input, batched with other inputs' rows, and K vector-Jacobian products more in white-box mode.\n"
         "The two compute different things: CLEVER estimates a Lipschitz-based robustness radius (scores:\n"
         f"{scores}); fimaudit λ_max of the input Fisher information (black / white box on the same inputs:\n"

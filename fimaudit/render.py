@@ -225,7 +225,8 @@ def _provenance(report: AuditReport, signers: Sequence[str]) -> str:
 
 def _method(report: AuditReport) -> str:
     c = report.config
-    return (f"{c.estimator}, {c.directions} directions ({c.draws} where not orthogonal, {c.generator} generator), "
+    laws = f"{c.orthogonal_law} rows where orthogonal, {c.draws} elsewhere, {c.generator} generator"
+    return (f"{c.estimator}, {c.directions} directions ({laws}), "
             f"{describe_scheme(report)}, {_step_rule(c)}, {c.confidence:.0%} interval: {c.interval_method}")
 
 

@@ -17,7 +17,7 @@ from fimaudit.errors import DataError
 from fimaudit.estimators import SampleEstimate
 from fimaudit.lipschitz_bound import ALL_INPUTS, Bound
 
-SCHEMA_VERSION = "1.7"
+SCHEMA_VERSION = "1.8"
 
 
 # One line on each diagnostic flag a sample (or the model) can carry: printed after an audit, listed
@@ -228,6 +228,12 @@ class AuditConfig(_Model):
         description="Whether forward-difference sketches (--scheme forward, or auto's forward samples) used their JVPs "
         "less their mean, which removes the mean of the even part that biases them (schema 1.7 on; earlier reports "
         "used them as measured, and reproduce that way).",
+    )
+    orthogonal_law: Literal["cosine", "haar"] = Field(
+        default="haar",
+        description="How orthogonal directions (where k >= d/16) were drawn: cosine (rows of a random-sign DCT basis, "
+        "schema 1.8 on) or haar (Haar-distributed groups by CholeskyQR of Gaussian blocks: earlier reports, which "
+        "lack this field and reproduce that way).",
     )
     interval_method: str
     input_space: str = Field(description="Units all figures are in: the model's own input space.")

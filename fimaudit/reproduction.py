@@ -246,7 +246,7 @@ def config_of(report: AuditReport, model: ProbabilityModel, stats: DataStats) ->
     cfg, _ = estimator_config(
         model, stats, directions=c.directions, step=c.step, scheme=c.scheme, estimator=c.estimator, seed=c.seed,
         bootstrap=c.bootstrap, confidence=c.confidence, witness=witness, tau=c.tau, draws=c.draws,
-        generator=c.generator, centred_forward=c.centred_forward,
+        generator=c.generator, centred_forward=c.centred_forward, orthogonal_law=c.orthogonal_law,
     )
     return replace(cfg, adaptive_step=c.step_relative is not None)  # the audit searched from c.step
 

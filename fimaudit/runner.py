@@ -149,7 +149,8 @@ def audit(
             estimator=estimator, directions=directions, step=cfg.step, step_relative=relative,  # type: ignore[arg-type]
             step_rule=STEP_RULE if step is None else "fixed (given), checked by a pilot", scheme=scheme,  # type: ignore[arg-type]
             seed=seed, tau=tau, bootstrap=bootstrap, confidence=confidence, draws=cfg.draws, generator=cfg.generator,
-            centred_forward=cfg.centred_forward, interval_method=INTERVAL_METHOD, input_space=_input_space(model), white_box=white_box,
+            centred_forward=cfg.centred_forward, orthogonal_law=cfg.orthogonal_law, interval_method=INTERVAL_METHOD,
+            input_space=_input_space(model), white_box=white_box,
         ),
         samples=samples,
         summary=summarize(samples, queries, wall, sent, _journal_info(book, resumed, rechecked), confidence=confidence, tau=tau),
@@ -159,7 +160,7 @@ def audit(
 def estimator_config(
     model: ProbabilityModel, stats: DataStats, *, directions: int, step: float | None, scheme: str, estimator: str,
     seed: int, bootstrap: int, confidence: float, witness: bool, tau: float, draws: str = "rademacher",
-    generator: str = "numpy", remote_gpus: bool = False, centred_forward: bool = True,
+    generator: str = "numpy", remote_gpus: bool = False, centred_forward: bool = True, orthogonal_law: str = "cosine",
 ) -> tuple[EstimatorConfig, float | None]:
     """How every sample of an audit of data with these `stats` is estimated, and the step relative to
     the data's spread when it was derived from it. `fimaudit reproduce` rebuilds it the same way."""
@@ -180,7 +181,7 @@ def estimator_config(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
         model.output_dtype, model.input_spec.dtype, adaptive_step=step is None, tau=tau, step_floor=floor,
         draws=draws, generator=resolve_generator(generator, model, draws, remote_gpus),  # type: ignore[arg-type]
-        centred_forward=centred_forward,
+        centred_forward=centred_forward, orthogonal_law=orthogonal_law,  # type: ignore[arg-type]
     )
     return cfg, relative
 

@@ -20,18 +20,18 @@ RNG = np.random.default_rng(0)
 W = RNG.standard_normal((D, CLASSES)) / np.sqrt(D)
 
 
-def predict(x: np.ndarray) -> np.ndarray:
-    z = np.tanh(np.asarray(x, np.float64) @ W * 3)
+def predict(x: np.ndarray, w: np.ndarray = W) -> np.ndarray:
+    z = np.tanh(np.asarray(x, np.float64) @ w * 3)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
 
-def exact(x: np.ndarray) -> np.ndarray:
+def exact(x: np.ndarray, w: np.ndarray = W) -> np.ndarray:
     out = []
     for row in x:
-        t = np.tanh(row @ W * 3)
-        jac = (3 * (1 - t * t))[:, None] * W.T  # K x d Jacobian of the logits
-        p = predict(row[None])[0]
+        t = np.tanh(row @ w * 3)
+        jac = (3 * (1 - t * t))[:, None] * w.T  # K x d Jacobian of the logits
+        p = predict(row[None], w)[0]
         vals, vecs = np.linalg.eigh(np.diag(p) - np.outer(p, p))
         root = vecs * np.sqrt(np.clip(vals, 0, None)) @ vecs.T  # F = J^T C J shares its top with C^1/2 J J^T C^1/2
         out.append(np.linalg.eigvalsh(root @ jac @ jac.T @ root)[-1])
@@ -139,3 +139,84 @@ def test_adaptive_steps_with_signs_are_powers_of_two() -> None:
     for s in report.samples:
         assert s.directions_kind == "rademacher"
         assert s.step is not None and np.log2(s.step) == np.floor(np.log2(s.step))
+
+
+# -- orthogonal directions (k >= d / 16): random-sign cosine rows, and Haar groups for older reports --------
+D_SMALL = 256
+W_SMALL = np.random.default_rng(1).standard_normal((D_SMALL, CLASSES)) / np.sqrt(D_SMALL)
+
+
+SMALL = CallableModel(lambda x: predict(x, W_SMALL), InputSpec((D_SMALL,), "float64"), CLASSES, name="tanh-small")
+X_SMALL = np.random.default_rng(2).uniform(-1, 1, (4, D_SMALL))
+
+
+def test_cosine_rows_are_orthogonal_of_length_sqrt_d_and_unbiased() -> None:
+    """Rows across blocks are exactly orthogonal with length sqrt(d); over draws E[v v^T] = I."""
+    from fimaudit.estimators import _cosine_blocks
+
+    d = 40
+    rows = np.concatenate(list(_cosine_blocks(np.random.default_rng(0), d, d, 7)))
+    assert rows.shape == (d, d)
+    np.testing.assert_allclose(rows @ rows.T, d * np.eye(d), atol=1e-11)
+    second = np.concatenate(list(_cosine_blocks(np.random.default_rng(0), d, 2 * d + 3, 16)))
+    assert len(second) == 2 * d + 3  # groups of d: a new sign vector and frequencies for each
+    total, n = np.zeros((d, d)), 0
+    for seed in range(2000):
+        block = np.concatenate(list(_cosine_blocks(np.random.default_rng(seed), d, 10, 10)))
+        total += block.T @ block
+        n += len(block)
+    assert np.abs(total / n - np.eye(d)).max() < 0.06  # 20,000 rows: entries' noise ~0.007 (diagonal exact in mean)
+
+
+def test_a_whole_cosine_group_has_a_spread_mean() -> None:
+    """The sum of a whole cosine basis peaks at one coordinate; the rows' own random signs spread a group's
+    mean as an i.i.d. mean is spread (centred forward sketches subtract it). Without them the top coordinate
+    holds nearly all of it; with them about 3.5% (the largest of 200 draws: 7.7%)."""
+    from fimaudit.estimators import _cosine_blocks
+
+    d = 256
+    for seed in range(20):
+        mean = np.concatenate(list(_cosine_blocks(np.random.default_rng(seed), d, d, 64))).mean(axis=0)
+        assert (mean**2).max() / (mean**2).sum() < 0.15
+
+
+def test_a_cosine_sketch_of_all_d_rows_is_exact() -> None:
+    """k = d cosine directions give V^T V = d I: the sketch's Y^T Y / d is A A^T exactly, for any d."""
+    from fimaudit.estimators import _cosine_blocks
+
+    d = 300  # above the Haar groups' cap of ORTHOGONAL_GROUP would not matter here, nor a power of two
+    a = np.random.default_rng(3).standard_normal((5, d))
+    v = np.concatenate(list(_cosine_blocks(np.random.default_rng(4), d, d, 64)))
+    y = v @ a.T
+    np.testing.assert_allclose(y.T @ y / d, a @ a.T, rtol=1e-10, atol=1e-10)
+
+
+def test_orthogonal_audits_record_the_cosine_law_and_estimate_lambda_max() -> None:
+    from fimaudit.render import render_html
+
+    report = fimaudit.audit(SMALL, X_SMALL, directions=64, seed=0, scheme="central")
+    assert report.config.orthogonal_law == "cosine" and "cosine rows where orthogonal" in render_html(report)
+    truth = exact(X_SMALL, W_SMALL)
+    for s, t in zip(report.samples, truth):
+        assert s.directions_kind == "orthogonal"
+        assert abs(s.lambda_max / t - 1) < 0.3  # k = 64 of d = 256: about 15% per sample, 2 sigma with the factor
+    assert sum(s.lambda_max_ci[0] <= t <= s.lambda_max_ci[1] for s, t in zip(report.samples, truth)) >= 3
+
+
+def test_a_report_without_orthogonal_law_reads_as_haar_and_reproduces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reports before schema 1.8 drew Haar groups: without the field they read so, and reproduce bit-identically."""
+    import fimaudit.runner as runner
+
+    made = runner.estimator_config
+    monkeypatch.setattr(runner, "estimator_config", lambda *a, **kw: made(*a, **{**kw, "orthogonal_law": "haar"}))
+    haar = fimaudit.audit(SMALL, X_SMALL[:2], directions=64, seed=0)
+    monkeypatch.undo()
+    cosine = fimaudit.audit(SMALL, X_SMALL[:2], directions=64, seed=0)
+    assert haar.config.orthogonal_law == "haar" and haar.samples[0].lambda_max != cosine.samples[0].lambda_max
+    config = haar.config.model_dump()
+    del config["orthogonal_law"]
+    legacy = haar.model_copy(update={"config": AuditConfig.model_validate(config)})
+    assert legacy.config.orthogonal_law == "haar"
+    result = fimaudit.reproduce(legacy, SMALL, X_SMALL[:2], samples=None)
+    assert result.reproduced and result.record.identical
+

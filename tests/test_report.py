@@ -56,7 +56,7 @@ def test_stats_treat_missing_radius_as_unbounded() -> None:
 def test_summary_carries_population_bounds(mlp64: KnownModel) -> None:
     report = fimaudit.audit(mlp64.model(), mlp64.x, directions=16, tau=0.02, confidence=0.9)
     s = report.summary
-    assert report.schema_version == "1.7" and s.bound_confidence == 0.9
+    assert report.schema_version == "1.8" and s.bound_confidence == 0.9
     assert s.lambda_max_upper is not None and s.epsilon_tau_lower is not None
     upper = s.lambda_max_upper["p50"]
     assert upper is not None and s.lambda_max.median is not None and upper >= s.lambda_max.median

@@ -88,7 +88,7 @@ def test_report_with_bounds_validates_and_round_trips(bounded: tuple[BoundedLine
     _, report = bounded
     doc = json.loads(report.to_json())
     jsonschema.validate(doc, json.loads(json_schema()))
-    assert doc["schema_version"] == "1.7"
+    assert doc["schema_version"] == "1.8"
     assert doc["model"]["lambda_max_bound"]["value"] == report.model.lambda_max_bound.value  # type: ignore[union-attr]
     assert set(doc["samples"][0]["lambda_max_bound"]) == {"value", "radius", "exact", "method", "unsupported_operator", "reason"}
     assert AuditReport.from_json(report.to_json()) == report

@@ -113,7 +113,7 @@ def test_cli_bounds_a_pt2_file_and_every_bound_holds(files: dict[str, Path], tmp
         assert local is not None and local.value is not None, local
         # Every local constant is at most the global one; both are rounded up by 1e-9 on the way.
         assert local.radius == s.step_norm and local.value >= lam and local.value <= glob.value * (1 + 1e-6)
-    assert report.schema_version == "1.7" and glob.local.startswith("6 of 6 samples bounded: sup of lambda_max(F(x'))")
+    assert report.schema_version == "1.8" and glob.local.startswith("6 of 6 samples bounded: sup of lambda_max(F(x'))")
     page = render_html(report)
     assert "<h2>Bound from the graph</h2>" in page and page.count("<td class='bound'>") == 6
 
