@@ -15,7 +15,7 @@ With --generator counter (the torch adapter on CUDA: issue 19's device path) the
 inputs are formed on the device (fimaudit.perturbations); the recording then forms each batch on the
 host once, untimed, so that *raw* runs exactly the inputs the device formed, sent from host memory as
 a user without fimaudit would; *raw, resident* runs them already on the device (inference alone).
-audit/raw is the overhead (target <= 1.10); queries/s = rows / seconds. A cProfile of the no-model
+audit/raw is the overhead (target <= 1.05); queries/s = rows / seconds. A cProfile of the no-model
 audit names the functions that the non-inference time goes to (the main thread, where the
 estimators run; the adapter's casts run on the engine's worker thread and are the adapter column).
 
@@ -54,7 +54,8 @@ from fimaudit.adapter import ModelIdentity, ProbabilityModel, Request, materiali
 from speed_models import best_of, calibrate_logits, machine, random_images, resnet_like, resnet_onnx  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks" / "overhead"
-TARGET = 1.10
+# Issue 16's target; pages written before it (issue 11: 1.10) keep theirs in their JSON (rewrite).
+TARGET = 1.05
 Batch = np.ndarray
 
 
@@ -382,11 +383,11 @@ def profile_table(name: str, entries: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def reading(rows: list[Row]) -> str:
+def reading(rows: list[Row], target: float) -> str:
     """Per model: met or missed, and the excess over raw split into what is and isn't inference."""
     out = []
     for r in rows:
-        verdict = "meets the target" if r.ratio <= TARGET else "misses the target"
+        verdict = "meets the target" if r.ratio <= target else "misses the target"
         if r.ratio < 1:
             # The audit runs every one of these batches, so it cannot beat them: load noise.
             verdict = "meets the target within noise (a ratio below 1 only means the load varied between runs)"
@@ -405,7 +406,8 @@ def write(prefix: Path, rows: list[Row], profiles: dict[str, list[dict[str, Any]
     prefix.parent.mkdir(parents=True, exist_ok=True)
     where = where or machine()
     scheme = getattr(args, "scheme", "central")  # pages before the --scheme option measured central differences
-    data = {"machine": where, "repeats": args.repeats, "scheme": scheme, "target": TARGET,
+    target = getattr(args, "target", TARGET)
+    data = {"machine": where, "repeats": args.repeats, "scheme": scheme, "target": target,
             "rows": [asdict(r) | {"ratio": r.ratio} for r in rows], "profiles": profiles}
     _file(prefix, "json").write_text(json.dumps(data, indent=2) + "\n")
     command = " ".join(["benchmarks/overhead.py", *sys.argv[1:]])
@@ -417,11 +419,11 @@ def write(prefix: Path, rows: list[Row], profiles: dict[str, list[dict[str, Any]
         "framework alone on exactly those batches (*raw*), the adapter's `predict_proba` on them\n"
         "(*adapter*) and the audit against a stand-in model that replays the recorded outputs at once\n"
         f"(*no-model*: everything but inference) are timed, interleaved, best of {args.repeats}. Target:\n"
-        f"audit/raw ≤ {TARGET:.2f}. Scheme {scheme}, default step, seed 0; the queries per sample are\n"
+        f"audit/raw ≤ {target:.2f}. Scheme {scheme}, default step, seed 0; the queries per sample are\n"
         "2k + 5 for the sketch (d > k) and 2d + 5 in exact mode (d ≤ k, the digits model).\n\n"
         f"Machine: {where} (at the end of the run).\n\n"
         f"{table(rows)}\n\n"
-        f"## Reading\n\n{reading(rows)}\n\n"
+        f"## Reading\n\n{reading(rows, target)}\n\n"
         "The engine runs each batch on a worker thread while the estimators compute on the main one, so the\n"
         "no-model time is hidden only where inference leaves a core free: with every core busy with\n"
         "inference (onnxruntime's default thread pool uses all of them) it adds to the wall time instead.\n"
@@ -449,7 +451,7 @@ def rewrite(prefix: Path, command: list[str]) -> None:
     fields = set(Row.__dataclass_fields__)
     rows = [Row(**{k: v for k, v in r.items() if k in fields}) for r in data["rows"]]
     sys.argv = [sys.argv[0], *command]
-    args = argparse.Namespace(repeats=data["repeats"], scheme=data.get("scheme", "central"))
+    args = argparse.Namespace(repeats=data["repeats"], scheme=data.get("scheme", "central"), target=data.get("target", 1.10))
     write(prefix, rows, data["profiles"], args, data["machine"])
 
 
