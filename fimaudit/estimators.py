@@ -439,14 +439,12 @@ def _cosine_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> 
     done = 0
     while done < k:
         size = min(k - done, d)
-        signs = rng.integers(0, 2, d).astype(np.float64)
-        signs *= -2.0 * np.sqrt(d)
-        signs += np.sqrt(d)
+        signs = _random_signs(rng, d) * np.sqrt(d)
         freqs = rng.permutation(d)[:size]
         # A random sign per row as well: the sum of a whole basis, C^T 1, peaks at one coordinate, so without
         # them a group's mean row would too, and centred forward sketches (which subtract the rows' mean) would
         # lose that coordinate's share; with them the mean is a random-sign sum, spread like an i.i.d. mean.
-        flips = rng.integers(0, 2, size).astype(np.float64) * -2.0 + 1.0
+        flips = _random_signs(rng, size)
         for start in range(0, size, per_block):
             chosen = freqs[start : start + per_block]
             rows = np.zeros((len(chosen), d))
@@ -455,6 +453,11 @@ def _cosine_blocks(rng: np.random.Generator, d: int, k: int, per_block: int) -> 
             rows *= signs
             yield rows
         done += size
+
+
+def _random_signs(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n independent +-1 (float64), each with probability 1/2."""
+    return rng.integers(0, 2, n) * -2.0 + 1.0
 
 
 def orthonormal_rows(a: np.ndarray) -> np.ndarray:

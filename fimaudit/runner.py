@@ -19,7 +19,7 @@ from fimaudit.distributed import RayOptions, run_on_ray
 from fimaudit.engine import QueryEngine
 from fimaudit.errors import UsageError
 from fimaudit.differences import SCHEME_OPTIONS
-from fimaudit.estimators import ESTIMATOR_NAMES, EstimatorConfig, SampleEstimate, estimate_sample, sample_memory
+from fimaudit.estimators import ESTIMATOR_NAMES, EstimatorConfig, OrthogonalLaw, SampleEstimate, estimate_sample, sample_memory
 from fimaudit.journal import Journal, JournalLock
 from fimaudit.model import check_batch_independence
 from fimaudit.perturbations import GENERATORS, DevicePerturbing
@@ -160,7 +160,7 @@ def audit(
 def estimator_config(
     model: ProbabilityModel, stats: DataStats, *, directions: int, step: float | None, scheme: str, estimator: str,
     seed: int, bootstrap: int, confidence: float, witness: bool, tau: float, draws: str = "rademacher",
-    generator: str = "numpy", remote_gpus: bool = False, centred_forward: bool = True, orthogonal_law: str = "cosine",
+    generator: str = "numpy", remote_gpus: bool = False, centred_forward: bool = True, orthogonal_law: OrthogonalLaw = "cosine",
 ) -> tuple[EstimatorConfig, float | None]:
     """How every sample of an audit of data with these `stats` is estimated, and the step relative to
     the data's spread when it was derived from it. `fimaudit reproduce` rebuilds it the same way."""
@@ -181,7 +181,7 @@ def estimator_config(
         directions, h, scheme, estimator, seed, bootstrap, confidence, witness,  # type: ignore[arg-type]
         model.output_dtype, model.input_spec.dtype, adaptive_step=step is None, tau=tau, step_floor=floor,
         draws=draws, generator=resolve_generator(generator, model, draws, remote_gpus),  # type: ignore[arg-type]
-        centred_forward=centred_forward, orthogonal_law=orthogonal_law,  # type: ignore[arg-type]
+        centred_forward=centred_forward, orthogonal_law=orthogonal_law,
     )
     return cfg, relative
 
