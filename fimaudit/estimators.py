@@ -521,17 +521,17 @@ def sketch_statistics(y: np.ndarray, *, exact: bool, cfg: EstimatorConfig, index
     """lambda_max(Y^T Y / k) with jackknife bias correction and a bootstrap interval.
 
     Rows of y are A omega_j. In exact (coordinate) mode Y^T Y / d = A A^T and no resampling applies.
-    Everything works in the rank-r coordinates of y (r <= min(k, K)), so a 1000-class model costs
-    r x r eigenproblems, never K x K ones.
+    Every eigenproblem is solved in the smaller of two forms (sketch_rows), so a 1000-class model
+    never costs K x K ones.
     """
     k = len(y)
-    us, top_vector, top_singular = _rank_coordinates(y)
-    raw = top_singular**2 / k  # the SVD already holds lambda_max(Y^T Y / k)
+    rows, top_vector, top_singular = sketch_rows(y)
+    raw = top_singular**2 / k  # lambda_max(Y^T Y / k)
     trace = float(np.sum(y * y)) / k
     if exact or k < 2:
         return SketchStatistics(raw, raw, (raw, raw), trace, top_vector)
-    corrected = max(jackknife(us, raw), 0.0)
-    boot = bootstrap_lambdas(us, cfg.bootstrap, np.random.default_rng([cfg.seed, index, 1]))
+    corrected = max(jackknife(rows, raw), 0.0)
+    boot = bootstrap_lambdas(rows, cfg.bootstrap, np.random.default_rng([cfg.seed, index, 1]))
     alpha = (1 - cfg.confidence) / 2
     low, high = (float(q) for q in np.quantile(boot, [alpha, 1 - alpha]))
     # Two intervals that fail in opposite regimes, joined. The percentile interval centred on the
@@ -542,6 +542,87 @@ def sketch_statistics(y: np.ndarray, *, exact: bool, cfg: EstimatorConfig, index
     shift = corrected - raw
     ci = (max(min(low + shift, 2 * raw - high), 0.0), max(high + shift, 2 * raw - low, 0.0))
     return SketchStatistics(corrected, raw, ci, trace, top_vector)
+
+
+@dataclass(frozen=True)
+class RankRows:
+    """A sketch's rows y_j as us = U S, their coordinates in the rank-r basis of y = U S V^T: every
+    weighted sum sum_j w_j y_j y_j^T has the spectrum of us^T diag(w) us (r x r). Each Lanczos step
+    costs two (reps x k x r) products: the cheaper form where r < k / 2 (few classes)."""
+
+    us: np.ndarray
+
+    @property
+    def count(self) -> int:  # k, the rows
+        return len(self.us)
+
+    @property
+    def rank(self) -> int:  # r, the size of each eigenproblem
+        return int(self.us.shape[1])
+
+    def tops(self, weights: np.ndarray, tol: float) -> np.ndarray:
+        """lambda_max(sum_j w_j y_j y_j^T) for every row w of `weights`."""
+        k, r = self.us.shape
+        if r == 0:
+            return np.zeros(len(weights))
+        if r <= DENSE_RANK:
+            outer = (self.us[:, :, None] * self.us[:, None, :]).reshape(k, r * r)
+            return np.linalg.eigvalsh((weights @ outer).reshape(len(weights), r, r))[:, -1]
+        return batched_top(self.us, weights, tol=tol)
+
+
+@dataclass(frozen=True)
+class GramRows:
+    """A sketch's rows as their Gram matrix G = Y Y^T (k x k) and its top eigenvector u0: sum_j w_j y_j y_j^T
+    = Y^T W Y has the nonzero spectrum of W^(1/2) G W^(1/2). Each Lanczos step costs one (reps x k x k)
+    product, half the rank form's where r > k / 2 (a 1000-class model: 0.05 against 0.1 s an input)."""
+
+    gram: np.ndarray
+    u0: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.gram)
+
+    @property
+    def rank(self) -> int:  # at most k: the size of each eigenproblem
+        return len(self.gram)
+
+    def tops(self, weights: np.ndarray, tol: float) -> np.ndarray:
+        """lambda_max(sum_j w_j y_j y_j^T) for every row w of `weights`."""
+        roots = np.sqrt(weights)
+        # From W^(1/2) u0, the image of the unweighted top direction: near every resample's top vector.
+        start = roots * self.u0
+        lost = ~start.any(axis=1)  # u0 lies on rows this weighting drops
+        start[lost] = roots[lost]
+        start /= np.linalg.norm(start, axis=1, keepdims=True)
+        return lanczos_tops(lambda q, s: ((q * s) @ self.gram) * s, roots, start, tol)
+
+
+def sketch_rows(y: np.ndarray) -> tuple[RankRows | GramRows, np.ndarray, float]:
+    """(the rows in the form whose Lanczos steps cost less, the top right singular vector of y, the top
+    singular value)."""
+    k, classes = y.shape
+    if k <= DENSE_RANK or 2 * classes <= k:
+        us, top_vector, top_singular = _rank_coordinates(y)
+        return RankRows(us), top_vector, top_singular
+    gram = y @ y.T
+    value, u0 = _top_pair(gram) if gram.any() else (0.0, np.zeros(k))
+    if value <= 0:
+        return RankRows(np.zeros((k, 0))), np.eye(classes)[0], 0.0
+    s0 = float(np.sqrt(value))
+    return GramRows(gram, u0), y.T @ u0 / s0, s0
+
+
+def _top_pair(gram: np.ndarray) -> tuple[float, np.ndarray]:
+    """The top eigenpair of a symmetric positive semi-definite matrix: ARPACK from a fixed start (3 ms at
+    512 x 512 against 15 for LAPACK's subset), LAPACK if ARPACK does not converge."""
+    try:
+        values, vectors = scipy.sparse.linalg.eigsh(gram, k=1, which="LA", v0=np.ones(len(gram)), tol=0)
+        return float(values[0]), vectors[:, 0]
+    except scipy.sparse.linalg.ArpackNoConvergence:
+        values, vectors = scipy.linalg.eigh(gram, subset_by_index=[len(gram) - 1, len(gram) - 1])
+        return float(values[0]), vectors[:, 0]
 
 
 def _rank_coordinates(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -568,46 +649,30 @@ def _rank_coordinates(y: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     return y @ vectors[:, keep], vectors[:, 0], s0  # vectors are V: y V = U S
 
 
-def _top_eigenvalue(cov: np.ndarray) -> float:
-    n = len(cov)
-    if n > 64:  # only the largest: bisection on the tridiagonal form, not the whole spectrum
-        return float(scipy.linalg.eigh(cov, eigvals_only=True, subset_by_index=[n - 1, n - 1])[0])
-    return float(np.linalg.eigvalsh(cov)[-1])
-
-
-def jackknife(us: np.ndarray, full: float) -> float:
+def jackknife(rows: RankRows | GramRows, full: float) -> float:
     """Delete-a-group jackknife: removes the O(1/k) upward bias of lambda_max(Y^T Y / k)."""
-    k = len(us)
-    if us.shape[1] == 0:
+    k = rows.count
+    if rows.rank == 0:
         return full
     groups = np.array_split(np.arange(k), min(k, JACKKNIFE_GROUPS))
-    if us.shape[1] > DENSE_RANK:
-        # Each leave-a-group-out matrix is us^T diag(w) us with w zero on the group: batched Lanczos, as for
-        # the bootstrap, rather than one r x r eigenproblem per group (25 ms an input at r = 256).
-        weights = np.zeros((len(groups), k))
-        for row, group in zip(weights, groups):
-            row[:] = 1.0 / (k - len(group))
-            row[group] = 0.0
-        leave_out = list(batched_top(us, weights))
-    else:
-        total = us.T @ us
-        leave_out = [_top_eigenvalue((total - us[group].T @ us[group]) / (k - len(group))) for group in groups]
+    # Each leave-a-group-out matrix is the weighted sum with w zero on the group: all groups at once.
+    weights = np.zeros((len(groups), k))
+    for row, group in zip(weights, groups):
+        row[:] = 1.0 / (k - len(group))
+        row[group] = 0.0
     n = len(groups)
-    return n * full - (n - 1) * float(np.mean(leave_out))
+    return n * full - (n - 1) * float(np.mean(rows.tops(weights, LANCZOS_TOL)))
 
 
-def bootstrap_lambdas(us: np.ndarray, reps: int, rng: np.random.Generator) -> np.ndarray:
-    """lambda_max of Y*^T Y* / k for `reps` resamples (with replacement) of the rows of y, given
-    y's rank coordinates us (k x r): us^T diag(c) us has the spectrum needed; c are multinomial counts."""
-    k, r = us.shape
+def bootstrap_lambdas(rows: RankRows | GramRows, reps: int, rng: np.random.Generator) -> np.ndarray:
+    """lambda_max of Y*^T Y* / k for `reps` resamples (with replacement) of the rows of y: the weighted
+    sums with w = c / k, c multinomial counts."""
+    k, r = rows.count, rows.rank
     if r == 0:
         return np.zeros(reps)
     reps = int(min(reps, max(200, 5e8 // max(1, k * r * r))))
     counts = resample_counts(k, reps, rng)
-    if r <= DENSE_RANK:
-        outer = (us[:, :, None] * us[:, None, :]).reshape(k, r * r)
-        return np.linalg.eigvalsh((counts @ outer).reshape(reps, r, r) / k)[:, -1]
-    return batched_top(us, counts / k, tol=BOOTSTRAP_TOL)
+    return rows.tops(counts / k, BOOTSTRAP_TOL)
 
 
 def resample_counts(k: int, reps: int, rng: np.random.Generator) -> np.ndarray:
@@ -618,50 +683,56 @@ def resample_counts(k: int, reps: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def batched_top(us: np.ndarray, weights: np.ndarray, *, tol: float = LANCZOS_TOL) -> np.ndarray:
-    """Top eigenvalue of us^T diag(w) us for every row w of `weights` (reps x k), by Lanczos run on all
-    of them at once: never the r x r matrices, whose products and full spectra cost 0.9 s an input
-    for a 1000-class model (r = 256), against ~0.05 s here. Each step is two (reps x k x r) products;
-    every Lanczos vector is kept and re-orthogonalised against twice, so the Ritz values are those of
-    exact arithmetic. It starts from e_0, the top eigenvector of the un-resampled matrix diag(s^2)
-    in these coordinates, near every resample's; it stops when each top Ritz value (a lower bound that
-    only grows) moved by under `tol` relative twice running, and after r steps it is exact."""
-    if len(weights) > LANCZOS_CHUNK:  # bounds the kept vectors' memory: chunk x steps x r
-        parts = [batched_top(us, weights[i : i + LANCZOS_CHUNK], tol=tol) for i in range(0, len(weights), LANCZOS_CHUNK)]
+    """Top eigenvalue of us^T diag(w) us for every row w of `weights` (reps x k), from e_0, the top
+    eigenvector of the un-resampled matrix diag(s^2) in rank coordinates, near every resample's."""
+    start = np.zeros((len(weights), us.shape[1]))
+    start[:, 0] = 1.0
+    return lanczos_tops(lambda q, w: ((q @ us.T) * w) @ us, weights, start, tol)
+
+
+def lanczos_tops(
+    apply: Callable[[np.ndarray, np.ndarray], np.ndarray], params: np.ndarray, start: np.ndarray, tol: float = LANCZOS_TOL,
+) -> np.ndarray:
+    """Top eigenvalue of the symmetric operator q -> apply(q, p) for every row p of `params`, by Lanczos
+    run on all of them at once from the unit rows of `start`: never the matrices, whose products and full
+    spectra cost 0.9 s an input for a 1000-class model (r = 256), against ~0.05 s here. Every Lanczos
+    vector is kept and re-orthogonalised against twice, so the Ritz values are those of exact arithmetic.
+    It stops when each top Ritz value (a lower bound that only grows) moved by under `tol` relative twice
+    running, and after n steps (the operator's size) it is exact."""
+    if len(params) > LANCZOS_CHUNK:  # bounds the kept vectors' memory: chunk x steps x n
+        parts = [lanczos_tops(apply, params[i : i + LANCZOS_CHUNK], start[i : i + LANCZOS_CHUNK], tol)
+                 for i in range(0, len(params), LANCZOS_CHUNK)]
         return np.concatenate(parts)
-    reps, r = len(weights), us.shape[1]
-    steps = min(r, LANCZOS_MAX_STEPS)
-    basis = np.empty((reps, steps, r))  # only the steps taken are written and read
-    q = np.zeros((reps, r))
-    q[:, 0] = 1.0
-    alphas, betas = np.zeros((reps, r)), np.zeros((reps, r))
+    reps, n = start.shape
+    steps = min(n, LANCZOS_MAX_STEPS)
+    basis = np.empty((reps, steps, n))  # only the steps taken are written and read
+    q = start
+    alphas, betas = np.zeros((reps, n)), np.zeros((reps, n))
     top, calm = np.zeros(reps), 0
     for j in range(steps):
         basis[:, j] = q
-        z = ((q @ us.T) * weights) @ us
+        z = apply(q, params)
         alphas[:, j] = np.einsum("br,br->b", z, q)
         for _ in range(2):  # removes alpha q_j and beta q_(j-1) with the rest: full re-orthogonalisation
             z -= np.einsum("bjr,bj->br", basis[:, : j + 1], np.einsum("bjr,br->bj", basis[:, : j + 1], z))
         theta = _tridiagonal_top(alphas[:, : j + 1], betas[:, :j])
         calm = calm + 1 if j and np.all(theta - top <= tol * np.abs(theta)) else 0
         top = theta
-        if calm >= 2 or j == r - 1:
+        if calm >= 2 or j == n - 1:
             return top
         betas[:, j] = np.linalg.norm(z, axis=1)
-        # A vanishing residual means an invariant subspace: that resample's value is already exact.
+        # A vanishing residual means an invariant subspace: that row's value is already exact.
         live = betas[:, j] > 1e-13 * np.maximum(np.abs(alphas[:, : j + 1]).max(axis=1), 1e-300)
         betas[:, j] = np.where(live, betas[:, j], 0.0)
         q = np.where(live[:, None], z / np.where(live, betas[:, j], 1.0)[:, None], 0.0)
     # Not converged within LANCZOS_MAX_STEPS (a spectrum crowded at the top): ARPACK, one at a time.
-    return np.array([_resampled_top(us, w) for w in weights])
+    return np.array([_arpack_top(apply, p, v) for p, v in zip(params, start)])
 
 
-def _resampled_top(us: np.ndarray, w: np.ndarray) -> float:
-    """Top eigenvalue of us^T diag(w) us by ARPACK's Lanczos on matrix-vector products, from e_0."""
-    r = us.shape[1]
-    weighted = us * w[:, None]
-    op = scipy.sparse.linalg.LinearOperator((r, r), matvec=lambda v: weighted.T @ (us @ v), dtype=np.float64)
-    start = np.zeros(r)
-    start[0] = 1.0
+def _arpack_top(apply: Callable[[np.ndarray, np.ndarray], np.ndarray], p: np.ndarray, start: np.ndarray) -> float:
+    """Top eigenvalue of q -> apply(q, p) by ARPACK's Lanczos on matrix-vector products, from `start`."""
+    n = len(start)
+    op = scipy.sparse.linalg.LinearOperator((n, n), matvec=lambda v: apply(v[None, :], p[None, :])[0], dtype=np.float64)
     return float(scipy.sparse.linalg.eigsh(op, k=1, which="LA", v0=start, tol=1e-12, return_eigenvectors=False)[0])
 
 

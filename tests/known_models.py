@@ -62,14 +62,18 @@ class KnownModel:
                      dtype=self.dtype.type, batch=self.batch, path=path)
         return path
 
-    def model(self, max_batch_size: int | None = None, outputs: str | None = None) -> CallableModel:
+    def model(self, max_batch_size: int | None = None, outputs: str | None = None, rowwise: bool = False) -> CallableModel:
         """The network in numpy, computed in its own dtype as onnxruntime computes the file; `outputs`
-        declares another output kind than the head's (as a user may, wrongly)."""
+        declares another output kind than the head's (as a user may, wrongly). With `rowwise`, each input
+        is computed alone: BLAS rounds a batch of one or three rows differently from larger ones, and
+        onnxruntime too, so only such a model answers every row the same whatever the batch."""
         dtype = self.dtype
         activation = np.tanh if self.activation == "tanh" else (lambda a: np.maximum(a, 0))
         weights, biases, output = self.weights, self.biases, self.output
 
         def forward(batch: np.ndarray) -> np.ndarray:
+            if rowwise and len(batch) > 1:
+                return np.concatenate([forward(row[None]) for row in batch])
             h = np.asarray(batch, dtype=dtype).reshape(len(batch), -1)
             for w, b in zip(weights[:-1], biases[:-1]):
                 h = activation(h @ w + b)

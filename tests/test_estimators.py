@@ -106,10 +106,11 @@ def test_float32_model_exact_mode(mlp32: KnownModel) -> None:
 
 
 def test_same_seed_same_numbers_regardless_of_batching(mlp64: KnownModel) -> None:
-    a = fimaudit.audit(mlp64.model(), mlp64.x, directions=32, seed=7)
-    b = fimaudit.audit(mlp64.model(max_batch_size=5), mlp64.x, directions=32, seed=7)
-    c = fimaudit.audit(mlp64.model(), mlp64.x, directions=32, seed=7, limit=3)
-    other = fimaudit.audit(mlp64.model(), mlp64.x, directions=32, seed=8)
+    """Given a model that answers each row the same in any batch, the engine's batching never changes a number."""
+    a = fimaudit.audit(mlp64.model(rowwise=True), mlp64.x, directions=32, seed=7)
+    b = fimaudit.audit(mlp64.model(max_batch_size=5, rowwise=True), mlp64.x, directions=32, seed=7)
+    c = fimaudit.audit(mlp64.model(rowwise=True), mlp64.x, directions=32, seed=7, limit=3)
+    other = fimaudit.audit(mlp64.model(rowwise=True), mlp64.x, directions=32, seed=8)
     assert a.samples == b.samples
     assert a.samples[:3] == c.samples
     assert a.samples != other.samples
@@ -176,22 +177,48 @@ def test_orthonormal_rows_equal_householder_qr(shape: tuple[int, int]) -> None:
     np.testing.assert_allclose(fallback.T @ fallback, np.eye(shape[1]), atol=1e-12)
 
 
-@pytest.mark.parametrize("k, classes", [(300, 10), (60, 400), pytest.param(400, 300, marks=pytest.mark.slow)])  # the last: Lanczos branch
-def test_rank_coordinates_give_the_full_matrices_spectra(k: int, classes: int) -> None:
-    """Jackknife, bootstrap and top vector in rank coordinates equal the K x K computations."""
-    from fimaudit.estimators import _rank_coordinates, bootstrap_lambdas, jackknife, resample_counts
+@pytest.mark.parametrize("k, classes, form", [
+    (300, 10, "RankRows"),  # dense r x r spectra
+    (300, 100, "RankRows"),  # Lanczos in rank coordinates
+    (60, 400, "GramRows"),  # Lanczos on the k x k Gram form
+    pytest.param(400, 300, "GramRows", marks=pytest.mark.slow),
+])
+def test_sketch_rows_give_the_full_matrices_spectra(k: int, classes: int, form: str) -> None:
+    """Jackknife, bootstrap and top vector, in whichever form sketch_rows picks, equal the K x K computations."""
+    from fimaudit.estimators import bootstrap_lambdas, jackknife, resample_counts, sketch_rows
 
     y = np.random.default_rng(k).standard_normal((k, classes)) * np.linspace(2, 0.1, classes)
     full = np.linalg.eigvalsh(y.T @ y / k)[-1]
-    us, top, singular = _rank_coordinates(y)
+    rows, top, singular = sketch_rows(y)
+    assert type(rows).__name__ == form
     assert abs(top @ (y.T @ y / k) @ top - full) < 1e-9 * full
     assert singular**2 / k == pytest.approx(full, rel=1e-9)
     groups = np.array_split(np.arange(k), 20)
     leave_out = [np.linalg.eigvalsh(np.delete(y, g, axis=0).T @ np.delete(y, g, axis=0) / (k - len(g)))[-1] for g in groups]
-    assert jackknife(us, full) == pytest.approx(20 * full - 19 * np.mean(leave_out), rel=1e-9)
+    assert jackknife(rows, full) == pytest.approx(20 * full - 19 * np.mean(leave_out), rel=1e-9)
     counts = resample_counts(k, 200, np.random.default_rng(5))
     direct = [np.linalg.eigvalsh(y.T @ (c[:, None] * y) / k)[-1] for c in counts]
-    np.testing.assert_allclose(bootstrap_lambdas(us, 200, np.random.default_rng(5)), direct, rtol=1e-9)
+    np.testing.assert_allclose(bootstrap_lambdas(rows, 200, np.random.default_rng(5)), direct, rtol=1e-9)
+
+
+@pytest.mark.parametrize("spectrum", ["separated", "tied", "zero rows"])
+def test_the_two_forms_agree(spectrum: str) -> None:
+    """The Gram form's weighted spectra equal the rank form's on the same rows, with a three-way tie at
+    the top and with rows that are zero (a resample's zero weights make the same zeros)."""
+    from fimaudit.estimators import GramRows, RankRows, _rank_coordinates, _top_pair, resample_counts
+
+    rng = np.random.default_rng(3)
+    k, classes = 120, 200
+    scales = np.r_[np.full(3, 2.0), np.linspace(1.5, 0.1, classes - 3)] if spectrum == "tied" else np.linspace(3, 0.1, classes)
+    y = rng.standard_normal((k, classes)) * scales
+    if spectrum == "zero rows":
+        y[::3] = 0.0
+    weights = resample_counts(k, 70, rng) / k  # more than one Lanczos chunk
+    rank = RankRows(_rank_coordinates(y)[0]).tops(weights, 1e-13)
+    gram = GramRows(y @ y.T, _top_pair(y @ y.T)[1]).tops(weights, 1e-13)
+    direct = np.array([np.linalg.eigvalsh(y.T @ (w[:, None] * y))[-1] for w in weights])
+    np.testing.assert_allclose(rank, direct, rtol=1e-10)
+    np.testing.assert_allclose(gram, direct, rtol=1e-10)
 
 
 def test_resample_counts_follow_the_multinomial_law() -> None:
