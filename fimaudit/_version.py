@@ -1,2 +1,2 @@
 """The package version, in a module of its own so that every module can import it without a cycle."""
-__version__ = "0.6.0"
+__version__ = "0.7.0"

@@ -136,14 +136,15 @@ class QueryEngine:
         return _Active(key, task, request)
 
     def _submit(self, active: list[_Active[R]], inflight: dict[Future[np.ndarray], _Owners], idle_ok: bool) -> None:
-        """Send batches while a worker is free, and one more queued behind the running ones: a worker
-        starts it the moment it frees, without waiting for this thread to wake, receive and send (on a
-        2-core CPU that wait and the forming were 0.6 s of idle model in a 7 s audit). A queued batch is
-        formed here, while the model runs, unless the model forms it on its device. Partial batches go
-        only where no more rows can come (no admission possible)."""
+        """Send full batches while a worker is free, and one more queued behind the running ones (formed
+        here while the model runs, unless the model forms it on its device): a worker starts it the moment
+        it frees, without waiting for this thread to wake, receive and send. A partial batch goes only
+        where the model would otherwise sit idle with no more rows to come (no admission possible,
+        nothing in flight): sent any earlier, it would leave the rows that come meanwhile for another
+        small batch (more calls: a GPU's or an endpoint's cost)."""
         while len(inflight) <= self.concurrency:
             unsent = sum(a.unsent for a in active)
-            if unsent == 0 or (unsent < self.batch_size and not idle_ok):
+            if unsent == 0 or (unsent < self.batch_size and not (idle_ok and not inflight)):
                 return
             batch, owners = self._take_batch(active)
             if len(inflight) >= self.concurrency and not self._forms_on_device:
@@ -167,19 +168,22 @@ class QueryEngine:
         return pieces, owners
 
     def _receive(self, inflight: dict[Future[np.ndarray], _Owners]) -> None:
-        """Wait for at least one batch and hand its rows to the samples they belong to."""
+        """Wait for a batch and hand its rows to the samples they belong to: one batch at a time, the
+        oldest of those finished. With one worker that is always the oldest sent, so every batch holds
+        the same rows from run to run, and a model whose rounding depends on the batch size (BLAS,
+        onnxruntime) gives the same bits; with several, a slow batch holds up none of the others."""
         finished, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
-        for future in finished:
-            owners = inflight.pop(future)
-            try:
-                outputs = future.result()
-            except QueryError as exc:
-                raise self._lost(exc, owners, inflight) from exc
-            offset = 0
-            for entry, start, count in owners:
-                entry.parts[start] = outputs[offset : offset + count]
-                entry.received += count
-                offset += count
+        future = next(f for f in inflight if f in finished)
+        owners = inflight.pop(future)
+        try:
+            outputs = future.result()
+        except QueryError as exc:
+            raise self._lost(exc, owners, inflight) from exc
+        offset = 0
+        for entry, start, count in owners:
+            entry.parts[start] = outputs[offset : offset + count]
+            entry.received += count
+            offset += count
 
     def _advance_answered(
         self, active: list[_Active[R]], inflight: dict[Future[np.ndarray], _Owners], on_done: OnDone[R], idle_ok: bool

@@ -35,6 +35,16 @@ _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(floa
 # Keep one batch of float32 inputs near this size when the batch axis is dynamic.
 _BATCH_BYTES = 64 * 2**20
 _MAX_DYNAMIC_BATCH = 1024
+# On the CPU, a convolutional network's time per input grows with the batch past 8-32 inputs: 1.8x
+# at 256 on rapidocr's text-direction classifier (3x48x192), whose audits of 16 inputs took 1.9x less
+# time in batches of 16 than of 606 (docs/benchmarks/batch_size.md). So where inputs are large enough
+# (from 64 KiB) that each costs far more than a call, such a model gets batches of at most this many
+# inputs and bytes there. Small inputs keep large batches: a 28x28 CNN's audit was 7% slower in 16s
+# (its time is the host's, per call), and MLPs keep gaining to hundreds.
+_CPU_CONV_BATCH = 16
+_CPU_CONV_BATCH_BYTES = 4 * 2**20
+_CPU_CONV_MIN_BYTES = 64 * 2**10
+_CONVOLUTIONS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
 # Refuse one input larger than this: probing and perturbing it needs several copies in memory, and
 # a declared shape like [N, 1000000, 1000000] (4 TB an input) is a broken export, not a model to audit.
 _MAX_INPUT_BYTES = 2**30
@@ -46,7 +56,8 @@ OPTIONS = {
     "input_name": "the input to perturb, for a model listing several (CLI: --input NAME)",
     "input_shape": "one input's shape without the batch axis, for inputs with open dims (CLI: --input-shape)",
     "data_shape": "one input's shape in the audited data, used where the file leaves dims open",
-    "max_batch_size": "most inputs per onnxruntime call (default: from the input size, at most 1024)",
+    "max_batch_size": "most inputs per onnxruntime call (default: from the input size, at most 1024; on the CPU "
+                      "at most 16 for a convolutional network with inputs of 64 KiB or more)",
     "providers": "onnxruntime execution providers, in order (default: CUDA when present, then CPU)",
 }
 
@@ -77,7 +88,9 @@ class OnnxModel(ProbabilityModel):
         self.input_spec, self._fixed_batch, self._shape_from = _input_spec(self._input, input_shape, data_shape, self.path)
         self.output_dtype = _DTYPES.get(self._output.type, "float32")
         self.fixed_batch_size = self._fixed_batch
-        self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
+        on_cpu = self._session.get_providers()[0] == "CPUExecutionProvider"
+        small = on_cpu and 4 * self.input_spec.size >= _CPU_CONV_MIN_BYTES and _convolutional(self.path)
+        self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec, small)
         self.num_classes, self.output_kind = output_form(self._width(), outputs or self._softmax_head(), self._probe)
         if self._shape_from != "model":
             self._probe(1)  # a shape chosen outside the file is run once here, so a wrong one is named as such
@@ -279,8 +292,29 @@ def _check_input_size(name: str, dims: list[Any], dtype: str) -> None:
         )
 
 
-def _dynamic_batch(spec: InputSpec) -> int:
-    return int(max(1, min(_MAX_DYNAMIC_BATCH, _BATCH_BYTES // (4 * max(1, spec.size)))))
+def _dynamic_batch(spec: InputSpec, small: bool = False) -> int:
+    """Inputs per call where the file leaves the batch open: `small` for a convolutional network with large
+    inputs on the CPU."""
+    rows, budget = (_CPU_CONV_BATCH, _CPU_CONV_BATCH_BYTES) if small else (_MAX_DYNAMIC_BATCH, _BATCH_BYTES)
+    return int(max(1, min(rows, budget // (4 * max(1, spec.size)))))
+
+
+def _convolutional(path: Path) -> bool:
+    """Whether the graph (or a function or subgraph in it) holds a convolution."""
+    model = _graph(path)
+    if model is None:
+        return False
+    graphs, nodes = [model.graph], [node for function in model.functions for node in function.node]
+    while graphs or nodes:
+        if graphs:
+            nodes.extend(graphs.pop().node)
+            continue
+        node = nodes.pop()
+        if node.op_type in _CONVOLUTIONS:
+            return True
+        for attr in node.attribute:  # the bodies of If, Loop and Scan
+            graphs.extend([attr.g] if attr.HasField("g") else attr.graphs)
+    return False
 
 
 def _producer_op(path: Path, output: str) -> str | None:

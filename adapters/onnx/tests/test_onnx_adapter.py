@@ -120,6 +120,37 @@ def test_fixed_batch_one_file(mlp64_batch1: KnownModel) -> None:
     assert [s.lambda_max for s in exact.samples] == pytest.approx(lam, rel=1e-4)
 
 
+def test_convolutional_networks_get_small_batches_on_the_cpu(tmp_path: Path, mlp32: KnownModel) -> None:
+    """On the CPU a graph with a convolution and inputs of 64 KiB or more gets batches of at most 16 inputs
+    and 4 MiB (larger ones cost more per input there: docs/benchmarks/batch_size.md); smaller inputs and
+    MLPs keep 64 MiB and 1,024; the max_batch_size option still decides where given."""
+    conv = dynamic_hw_onnx(tmp_path / "conv.onnx")
+    assert fimaudit.load_model(str(conv), input_shape=(3, 96, 96)).max_batch_size == 16  # 108 KiB an input
+    assert fimaudit.load_model(str(conv), input_shape=(3, 256, 256)).max_batch_size == 5  # 4 MiB of 768 KiB inputs
+    assert fimaudit.load_model(str(conv), input_shape=(3, 96, 96), max_batch_size=100).max_batch_size == 100
+    assert fimaudit.load_model(str(conv), input_shape=(3, 64, 64)).max_batch_size == 1024  # 48 KiB an input
+    assert fimaudit.load_model(str(mlp32.path)).max_batch_size == 1024
+
+
+def test_a_convolution_inside_a_branch_is_found(tmp_path: Path) -> None:
+    """The graph walk reaches the bodies of If nodes (and a graph without convolutions says so)."""
+    from fimaudit_onnx import _convolutional
+
+    def branch(op: str) -> Any:
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+        return helper.make_graph([helper.make_node(op, ["x", "w"] if op == "Conv" else ["x"], ["y"])], op, [], [y])
+
+    flag = helper.make_tensor_value_info("flag", TensorProto.BOOL, [])
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 4, 4])
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, None)
+    weights = [numpy_helper.from_array(np.ones((1, 1, 3, 3), np.float32), "w")]
+    for op, found in (("Conv", True), ("Relu", False)):
+        node = helper.make_node("If", ["flag"], ["out"], then_branch=branch(op), else_branch=branch("Relu"))
+        model = helper.make_model(helper.make_graph([node], "g", [flag, x], [out], weights))
+        onnx.save(model, str(tmp_path / f"{op}.onnx"))
+        assert _convolutional(tmp_path / f"{op}.onnx") is found
+
+
 def test_logit_outputs_detected_and_softmaxed(mlp64_logits: KnownModel) -> None:
     model = fimaudit.load_model(mlp64_logits.path)
     assert model.output_kind == "logits"
