@@ -59,7 +59,15 @@ def test_exit_codes(tmp_path: Path, mlp64: KnownModel, args: list[str], code: in
     assert res.returncode == code, res.stdout + res.stderr
     assert message in res.stderr
     assert "Traceback" not in res.stderr
+    assert "auditing" not in res.stderr  # named alone: no progress bar had started
     assert not (tmp_path / "r.json").exists()
+
+
+def test_the_progress_bar_shows_once_the_audit_runs(tmp_path: Path, mlp64: KnownModel) -> None:
+    np.save(tmp_path / "x.npy", mlp64.x[:2])
+    res = run("audit", str(mlp64.path), "--data", str(tmp_path / "x.npy"), "--out", str(tmp_path / "r.json"), "--directions", "16")
+    assert res.returncode == 0, res.stderr
+    assert "auditing" in res.stderr and "2/2 samples" in res.stderr
 
 
 def test_help_and_version() -> None:

@@ -153,7 +153,7 @@ def test_one_worker_sends_the_same_batches_whatever_the_timing() -> None:
         return sent
 
     instant = batches(None)
-    assert any(len(b) < 8 for b in instant) and len(instant) > 4  # partial batches queued: the case at stake
+    assert any(len(b) < 8 for b in instant) and len(instant) > 4  # partial batches, which hold what had come: the case at stake
     for seed in range(4):
         assert batches(seed) == instant
 

@@ -324,6 +324,8 @@ def print_audit_result(report: AuditReport, verdict: PolicyResult | None, target
 
 @contextmanager
 def progress_bar(quiet: bool) -> Iterator[Callable[[int, int, int], None] | None]:
+    """A progress callback whose bar starts at its first call, once the audit has checked its inputs: a
+    wrong data shape is then named alone, not after an empty bar."""
     if quiet:
         yield None
         return
@@ -331,12 +333,19 @@ def progress_bar(quiet: bool) -> Iterator[Callable[[int, int, int], None] | None
         TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TextColumn("samples"),
         TextColumn("{task.fields[rate]:>8.0f} queries/s"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, transient=False) as bar:
-        task = bar.add_task("audit", total=None, rate=0.0)
-        started = bar.get_time()
+    bar = Progress(*columns, console=err, transient=False)
+    task, started = None, 0.0
 
-        def update(done: int, total: int, queries: int) -> None:
-            elapsed = max(bar.get_time() - started, 1e-9)
-            bar.update(task, completed=done, total=total, rate=queries / elapsed)
+    def update(done: int, total: int, queries: int) -> None:
+        nonlocal task, started
+        if task is None:
+            bar.start()
+            task, started = bar.add_task("audit", total=None, rate=0.0), bar.get_time()
+        elapsed = max(bar.get_time() - started, 1e-9)
+        bar.update(task, completed=done, total=total, rate=queries / elapsed)
 
+    try:
         yield update
+    finally:
+        if task is not None:
+            bar.stop()
