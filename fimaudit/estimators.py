@@ -400,9 +400,11 @@ def directions_per_block(d: int, cfg: EstimatorConfig) -> int:
 
 
 def sample_memory(d: int, classes: int, cfg: EstimatorConfig) -> int:
-    """Bytes one sample in flight holds at most: its block, its input and base arrays, the witness."""
+    """Bytes one sample in flight holds at most: its block, its input and base arrays, the witness (K x d,
+    only where estimate_sample forms one: counted for a 1000-class 3x240x240 model, it had held such an
+    audit to two samples in flight)."""
     block = directions_per_block(d, cfg) * d * (8 + 8 * cfg.queries_per_direction())
-    witness = 8 * classes * d if cfg.witness else 0
+    witness = 8 * classes * d if cfg.witness and d * classes <= WITNESS_MAX_ENTRIES else 0
     return block + 32 * d + witness
 
 

@@ -258,3 +258,15 @@ def test_batched_lanczos_matches_full_spectra(spectrum: str, monkeypatch: pytest
     np.testing.assert_allclose(batched_top(us, weights, tol=estimators.BOOTSTRAP_TOL), direct, rtol=2e-10)
     monkeypatch.setattr(estimators, "LANCZOS_MAX_STEPS", 3)
     np.testing.assert_allclose(batched_top(us, weights[:4]), direct[:4], rtol=1e-8)
+
+
+def test_samples_in_flight_count_only_the_witness_that_is_formed() -> None:
+    """A sample's memory counts the K x d witness only where it is formed (d K <= WITNESS_MAX_ENTRIES), so a
+    1000-class model on 3x240x240 inputs is not held to two samples in flight by a witness it never makes."""
+    from fimaudit.estimators import WITNESS_MAX_ENTRIES, EstimatorConfig, sample_memory
+
+    cfg = EstimatorConfig(directions=256, step=1e-3)
+    small, large = 3 * 32 * 32, 3 * 240 * 240
+    assert sample_memory(small, 10, cfg) - sample_memory(small, 10, replace(cfg, witness=False)) == 8 * 10 * small
+    assert large * 1000 > WITNESS_MAX_ENTRIES
+    assert sample_memory(large, 1000, cfg) == sample_memory(large, 1000, replace(cfg, witness=False)) < 64 * 2**20
