@@ -152,10 +152,8 @@ def write(prefix: Path, results: list[dict[str, Any]], args: argparse.Namespace)
         lines.append(f"| {r['name']} | {a['samples']} | {a['queries']:,} | {a['batch_before']} → {a['batch_default']} | "
                      f"{a['mean_rows_before']:.1f} → {a['mean_rows_default']:.1f} | "
                      f"{a['seconds_before']:.2f} | {a['seconds_default']:.2f} | **{a['speedup']:.2f}×** | {a['lambda_rel_diff']:.1e} |")
-    lines += ["", "Where the mean rows a call did not change, neither did the batches: the audit had no more rows in "
-              "flight than the smaller cap (EfficientNet-Lite1 holds two samples in flight, by their memory, each asking "
-              "for 6 inputs at a time), or the model keeps the large batches (no convolution, or inputs under 64 KiB); "
-              "those rows show the machine's scatter.",
+    lines += ["", "Where the mean rows a call did not change, neither did the batches: the model keeps the large "
+              "batches (no convolution, or inputs under 64 KiB), and those rows show the machine's scatter.",
               "", "Models:", ""] + [f"- **{r['name']}**: {r['about']}" for r in results]
     Path(f"{prefix}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {prefix}.md and .json")

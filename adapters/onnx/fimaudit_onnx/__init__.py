@@ -35,12 +35,13 @@ _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(floa
 # Keep one batch of float32 inputs near this size when the batch axis is dynamic.
 _BATCH_BYTES = 64 * 2**20
 _MAX_DYNAMIC_BATCH = 1024
-# On the CPU, a convolutional network's time per input grows with the batch past 8-32 inputs: 1.8x
-# at 256 on rapidocr's text-direction classifier (3x48x192), whose audits of 16 inputs took 1.9x less
-# time in batches of 16 than of 606 (docs/benchmarks/batch_size.md). So where inputs are large enough
-# (from 64 KiB) that each costs far more than a call, such a model gets batches of at most this many
-# inputs and bytes there. Small inputs keep large batches: a 28x28 CNN's audit was 7% slower in 16s
-# (its time is the host's, per call), and MLPs keep gaining to hundreds.
+# On the CPU, a convolutional network's time per input grows with the batch past 8-32 inputs: 1.9x
+# at 256 on rapidocr's text-direction classifier (3x48x192), whose audits of 16 inputs took 1.8x less
+# time in batches of 16 than of 606, and EfficientNet-Lite1's 1.1x less in 6s than in 97s
+# (docs/benchmarks/batch_size.md). So where inputs are large enough (from 64 KiB) that each costs far
+# more than a call, such a model gets batches of at most this many inputs and bytes there. Small inputs
+# keep large batches: a 28x28 CNN's audit was 7-13% slower in 16s (its time is the host's, per call),
+# and MLPs keep gaining to hundreds.
 _CPU_CONV_BATCH = 16
 _CPU_CONV_BATCH_BYTES = 4 * 2**20
 _CPU_CONV_MIN_BYTES = 64 * 2**10
