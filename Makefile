@@ -50,6 +50,7 @@ bench: bench-setup
 	$(BIN)/python benchmarks/robustness.py
 	$(BIN)/python benchmarks/overhead.py
 	$(BIN)/python benchmarks/batch_size.py
+	$(BIN)/python benchmarks/statistics_forms.py
 	$(BIN)/python benchmarks/clever_speed.py
 	$(BIN)/python benchmarks/scaling.py
 	$(BIN)/python benchmarks/memory.py

@@ -577,7 +577,8 @@ class RankRows:
 class GramRows:
     """A sketch's rows as their Gram matrix G = Y Y^T (k x k) and its top eigenvector u0: sum_j w_j y_j y_j^T
     = Y^T W Y has the nonzero spectrum of W^(1/2) G W^(1/2). Each Lanczos step costs one (reps x k x k)
-    product, half the rank form's where r > k / 2 (a 1000-class model: 0.05 against 0.1 s an input)."""
+    product, half the rank form's where r > k / 2 (EfficientNet-Lite1: 28-50 against 67-95 ms an input,
+    docs/benchmarks/statistics_forms.md)."""
 
     gram: np.ndarray
     u0: np.ndarray
