@@ -1,20 +1,23 @@
-"""Batch size and speed on the CPU: onnxruntime's time per input against the batch, and whole audits
-with the ONNX adapter's batches before and after convolutional networks got small ones on the CPU.
+"""Batch size and speed on the CPU: a framework's time per input against the batch, and whole audits
+with the adapters' batches before and after convolutional networks got small ones on the CPU.
 
-Part 1, onnxruntime alone: a plain InferenceSession (CPU provider, default threads, as a user would
-open it) runs batches of 1 to 256 of the model's real inputs (tiled to fill the batch); the figure is
-microseconds per input, best of --repeats timed loops of at least --rows inputs each.
+Part 1, the framework alone: a plain onnxruntime InferenceSession (CPU provider, default threads), or
+the torch module under inference_mode, as a user would call them, runs batches of 1 to 256 (torch: 64)
+of the model's real inputs (tiled to fill the batch); the figure is microseconds per input, best of
+--repeats timed loops of at least --rows inputs each (64 for EfficientNet-Lite1).
 
-Part 2, whole audits: fimaudit.audit(load_model(file), x, seed=0) on the first --samples real inputs,
-with the adapter's default batch size (since fimaudit 0.7: at most 16 inputs and 4 MiB for a graph
-with convolutions on the CPU) and with the rule before it (64 MiB of float32 inputs, at most 1,024),
-interleaved, best of --repeats. Both audits send the same inputs; their figures agree to onnxruntime's
-rounding, which depends on the batch size (the largest relative difference in lambda_max is shown).
+Part 2, whole audits: fimaudit.audit(model, x, seed=0) on the first --samples real inputs (EfficientNet-
+Lite1: half through onnxruntime, a quarter through torch), with the adapter's default batch size (since
+fimaudit 0.7: at most 16 inputs and 4 MiB for a convolutional network with inputs of 64 KiB or more on
+the CPU) and with the rule before it (64 MiB of float32 inputs, at most 1,024), interleaved, best of
+--repeats. Both audits send the same inputs; their figures agree to the framework's rounding, which may
+depend on the batch size (the largest relative difference in lambda_max is shown).
 
 Models: rapidocr's text-direction classifier and EfficientNet-Lite1 (third-party weights, from the
-packages that ship them: benchmarks/zoo_rapidocr.py, zoo_efficientnet.py), the ReLU + max-pool
-Fashion-MNIST CNN trained here (zoo_fashion.py), and the digits32 MLP (benchmarks/models.py), which
-has no convolution and keeps the large batches.
+packages that ship them: benchmarks/zoo_rapidocr.py, zoo_efficientnet.py; EfficientNet-Lite1 both as
+its ONNX export and as the torch module its package builds), the ReLU + max-pool Fashion-MNIST CNN
+trained here (zoo_fashion.py), and the digits32 MLP (benchmarks/models.py), which has no convolution
+and keeps the large batches.
 
     .venv/bin/python benchmarks/batch_size.py            # writes docs/benchmarks/batch_size.md and .json
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,17 +47,21 @@ SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Subject:
     name: str
     about: str
-    path: Path
     inputs: np.ndarray
-    options: dict[str, Any]
+    open: Callable[..., Any]  # open(**options) -> the adapter's model (options: max_batch_size)
+    run: Callable[[np.ndarray], object]  # the framework alone on one batch, as a user would call it
+    before: Callable[[Any], int]  # the batch size the rule before 0.7 gives that model
+    sizes: tuple[int, ...] = SIZES
 
 
 def subject(name: str) -> Subject:
+    if name == "efficientnet-lite1-torch":
+        return torch_subject()
     if name == "digits32":
         from models import ensure_digits32
 
         made = ensure_digits32()
-        return Subject(name, "3072-64-10 tanh MLP (ours), no convolution", made.onnx, np.load(made.test), {})
+        return onnx_subject(name, "3072-64-10 tanh MLP (ours), no convolution", made.onnx, np.load(made.test), {})
     module, about = {
         "rapidocr-cls": ("zoo_rapidocr", "rapidocr's text-direction classifier, third-party, 3x48x192"),
         "efficientnet-lite1": ("zoo_efficientnet", "EfficientNet-Lite1, third-party ImageNet weights, 3x240x240"),
@@ -61,24 +69,49 @@ def subject(name: str) -> Subject:
     }[name]
     zoo = __import__(module)
     entry = zoo.prepare_relu() if name == "fashion-relu" else zoo.prepare()
-    return Subject(name, about, Path(entry.model_path), np.asarray(entry.inputs, dtype=np.float32), dict(entry.load_options))
+    return onnx_subject(name, about, Path(entry.model_path), np.asarray(entry.inputs, dtype=np.float32), dict(entry.load_options))
+
+
+def onnx_subject(name: str, about: str, path: Path, inputs: np.ndarray, options: dict[str, Any]) -> Subject:
+    import onnxruntime as ort
+    from fimaudit_onnx import _dynamic_batch
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = session.get_inputs()[0].name
+    return Subject(name, about + " (onnxruntime)", inputs, lambda **kw: fimaudit.load_model(str(path), **options, **kw),
+                   lambda batch: session.run(None, {feed: batch}), lambda model: _dynamic_batch(model.input_spec))
+
+
+def torch_subject() -> Subject:
+    """EfficientNet-Lite1 as the torch module its package builds, through the torch adapter."""
+    import torch
+    import zoo_efficientnet
+    from fimaudit_torch import TorchModel
+    from fimaudit_torch.model import _dynamic_batch
+
+    net = zoo_efficientnet.load_torch_model()
+    inputs = np.asarray(zoo_efficientnet.prepare().inputs, dtype=np.float32)
+
+    def run(batch: np.ndarray) -> object:
+        with torch.inference_mode():
+            return net(torch.from_numpy(batch))
+
+    return Subject("efficientnet-lite1-torch", "EfficientNet-Lite1, third-party weights, 3x240x240 (torch, its package's module)",
+                   inputs, lambda **kw: TorchModel(net, input_shape=inputs.shape[1:], outputs="logits", device="cpu", **kw),
+                   run, lambda model: _dynamic_batch(model.input_spec), sizes=SIZES[:7])  # 128 and 256: minutes each
 
 
 def per_input_times(s: Subject, rows: int, repeats: int) -> dict[int, float]:
-    """Microseconds per input of a plain onnxruntime session, by batch size."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(s.path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
+    """Microseconds per input of the framework alone, by batch size."""
     out: dict[int, float] = {}
-    for size in SIZES:
+    for size in s.sizes:
         batch = np.ascontiguousarray(np.resize(s.inputs, (size, *s.inputs.shape[1:])))
-        session.run(None, {name: batch})
+        s.run(batch)
         loops = max(2, rows // size)
 
         def run(batch: np.ndarray = batch, loops: int = loops) -> None:
             for _ in range(loops):
-                session.run(None, {name: batch})
+                s.run(batch)
 
         out[size] = best_of({"run": run}, repeats)["run"] / (loops * size) * 1e6
     return out
@@ -86,11 +119,9 @@ def per_input_times(s: Subject, rows: int, repeats: int) -> dict[int, float]:
 
 def audits(s: Subject, samples: int, repeats: int) -> dict[str, Any]:
     """Whole audits with the default batch size and with the rule before 0.7."""
-    from fimaudit_onnx import _dynamic_batch
-
     x = s.inputs[:samples]
-    default = fimaudit.load_model(str(s.path), **s.options)
-    before = fimaudit.load_model(str(s.path), **s.options, max_batch_size=_dynamic_batch(default.input_spec))
+    default = s.open()
+    before = s.open(max_batch_size=s.before(default))
     reports: dict[str, Any] = {}
     calls = {"default": count_calls(default), "before": count_calls(before)}
 
@@ -134,7 +165,7 @@ def write(prefix: Path, results: list[dict[str, Any]], args: argparse.Namespace)
         "# Batch size and speed on the CPU", "",
         f"Written by `benchmarks/batch_size.py --samples {args.samples} --repeats {args.repeats}`; the method is in "
         "its docstring. Machine: " + data["machine"] + f", fimaudit {fimaudit.__version__}.", "",
-        "## onnxruntime alone: µs per input by batch size (plain session, CPU provider, best of "
+        "## The framework alone: µs per input by batch size (plain session or module, CPU, best of "
         f"{args.repeats})", "",
         "| model | " + " | ".join(str(n) for n in SIZES) + " | best |",
         "|---|" + "---|" * (len(SIZES) + 1),
@@ -142,7 +173,7 @@ def write(prefix: Path, results: list[dict[str, Any]], args: argparse.Namespace)
     for r in results:
         times = {int(k): v for k, v in r["per_input_us"].items()}
         best = min(times, key=times.__getitem__)
-        lines.append(f"| {r['name']} | " + " | ".join(f"{times[n]:,.1f}" for n in SIZES) + f" | {best} |")
+        lines.append(f"| {r['name']} | " + " | ".join(f"{times[n]:,.1f}" if n in times else "–" for n in SIZES) + f" | {best} |")
     lines += ["", "## Whole audits: the default batch against the rule before 0.7 (best of "
               f"{args.repeats}, interleaved)", "",
               "| model | inputs | queries | most rows a call, before → now | mean rows a call | s before | s now | **speed-up** | max rel. diff of λ |",
@@ -161,7 +192,7 @@ def write(prefix: Path, results: list[dict[str, Any]], args: argparse.Namespace)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="rapidocr-cls,efficientnet-lite1,fashion-relu,digits32")
+    parser.add_argument("--models", default="rapidocr-cls,efficientnet-lite1,efficientnet-lite1-torch,fashion-relu,digits32")
     parser.add_argument("--samples", type=int, default=16, help="inputs per audit (EfficientNet: half, it is slow)")
     parser.add_argument("--rows", type=int, default=256, help="inputs per timed loop of part 1 (at least)")
     parser.add_argument("--repeats", type=int, default=2)
@@ -170,9 +201,10 @@ def main() -> None:
     results = []
     for name in args.models.split(","):
         s = subject(name)
-        print(f"{name}: onnxruntime by batch size", flush=True)
-        times = per_input_times(s, args.rows if name != "efficientnet-lite1" else 64, args.repeats)
-        samples = args.samples // 2 if name == "efficientnet-lite1" else args.samples
+        print(f"{name}: the framework alone by batch size", flush=True)
+        slow = name.startswith("efficientnet")
+        times = per_input_times(s, 64 if slow else args.rows, args.repeats)
+        samples = args.samples // (4 if name.endswith("torch") else 2) if slow else args.samples
         print(f"{name}: audits of {samples} inputs", flush=True)
         results.append({"name": name, "about": s.about, "per_input_us": times, "audit": audits(s, samples, args.repeats)})
         print(results[-1]["audit"], flush=True)

@@ -33,7 +33,8 @@ OPTIONS = {
     "data_shape": "one input's shape in the audited data, used where the file records none",
     "outputs": "declare the outputs: probabilities or logits (default: detected)",
     "output_name": "the key (dict outputs) or index (tuple outputs) of the class scores",
-    "max_batch_size": "most inputs per forward call (default: from the input size, at most 1024)",
+    "max_batch_size": "most inputs per forward call (default: from the input size, at most 1024; on the CPU "
+                      "at most 16 for a convolutional network with inputs of 64 KiB or more)",
     "device": "torch device to run on, e.g. cpu or cuda:1 (default: CUDA when available)",
 }
 

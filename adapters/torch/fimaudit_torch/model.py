@@ -40,6 +40,13 @@ from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
 # Keep one float32 batch near this size (as the ONNX adapter does) when the batch axis is free.
 _BATCH_BYTES = 64 * 2**20
 _MAX_BATCH = 1024
+# On the CPU a convolutional network with large inputs gets small batches, as in the ONNX adapter (see
+# there): torch's time per input grows even faster with the batch, EfficientNet-Lite1 19.5 ms at 4 inputs
+# against 51 at 64 on 2 cores (docs/benchmarks/batch_size.md).
+_CPU_CONV_BATCH = 16
+_CPU_CONV_BATCH_BYTES = 4 * 2**20
+_CPU_CONV_MIN_BYTES = 64 * 2**10
+_CONV_NAMES = {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
 # Other weight dtypes (bfloat16, ...) take float32 inputs, cast on the way in.
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
 Factory = Callable[[], torch.nn.Module]
@@ -85,7 +92,8 @@ class TorchModel(ProbabilityModel):
         self._fixed_batch = fixed_batch
         self.fixed_batch_size = fixed_batch
         self.input_spec = InputSpec(shape=tuple(int(v) for v in input_shape), dtype=_DTYPES.get(self._dtype, "float32"))
-        self.max_batch_size = fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
+        small = self.device.type == "cpu" and 4 * self.input_spec.size >= _CPU_CONV_MIN_BYTES and _convolutional(self._module)
+        self.max_batch_size = fixed_batch or max_batch_size or _dynamic_batch(self.input_spec, small)
         probe = self._probe()
         self.num_classes = int(probe.shape[1])
         self.output_dtype = str(probe.dtype) if probe.dtype in (np.float16, np.float64) else "float32"
@@ -395,8 +403,23 @@ def _to_numpy(out: torch.Tensor) -> np.ndarray:
     return (out.float() if out.dtype == torch.bfloat16 else out).numpy()
 
 
-def _dynamic_batch(spec: InputSpec) -> int:
-    return int(max(1, min(_MAX_BATCH, _BATCH_BYTES // (4 * max(1, spec.size)))))
+def _dynamic_batch(spec: InputSpec, small: bool = False) -> int:
+    """Inputs per call where the batch axis is free: `small` for a convolutional network with large inputs
+    on the CPU."""
+    rows, budget = (_CPU_CONV_BATCH, _CPU_CONV_BATCH_BYTES) if small else (_MAX_BATCH, _BATCH_BYTES)
+    return int(max(1, min(rows, budget // (4 * max(1, spec.size)))))
+
+
+def _convolutional(module: torch.nn.Module) -> bool:
+    """Whether the module holds a convolution: a Conv layer (TorchScript keeps its class name as
+    original_name), or a convolution call in a traced or exported graph."""
+    for part in module.modules():
+        if isinstance(part, torch.nn.modules.conv._ConvNd) or getattr(part, "original_name", None) in _CONV_NAMES:
+            return True
+        graph = getattr(part, "graph", None)
+        if isinstance(graph, torch.fx.Graph) and any("conv" in str(node.target) for node in graph.nodes if node.op == "call_function"):
+            return True
+    return False
 
 
 def _weights_sha256(module: torch.nn.Module) -> str:

@@ -424,6 +424,32 @@ def test_torchscript_shape_from_data_and_checked_against_a_recorded_one(tmp_path
     assert fimaudit.load_model(recorded, data_shape=(108,)).input_spec.shape == (3, 6, 6)
 
 
+@pytest.mark.parametrize("form", ["module", "torchscript", "export"])
+def test_convolutional_networks_get_small_batches_on_the_cpu(form: str, tmp_path: Path) -> None:
+    """On the CPU a convolutional network with inputs of 64 KiB or more gets batches of at most 16 inputs
+    and 4 MiB, found in a module, a TorchScript file and a torch.export program alike; an MLP on the same
+    inputs and a CNN on small ones keep the large batches (docs/benchmarks/batch_size.md)."""
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5), nn.Softmax(1))
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(3 * 96 * 96, 5), nn.Softmax(1))
+
+    def opened(net: nn.Module, shape: tuple[int, ...], **options: object) -> fimaudit_torch.TorchModel:
+        net = net.eval()
+        if form == "module":
+            return fimaudit_torch.TorchModel(net, input_shape=shape, **options)  # type: ignore[arg-type]
+        if form == "torchscript":
+            return fimaudit.load_model(fimaudit_torch.save_torchscript(net, tmp_path / f"{id(net)}{shape}.pt", shape), **options)
+        path = tmp_path / f"{id(net)}{shape}.pt2"
+        torch.export.save(torch.export.export(net, (torch.rand(2, *shape),), dynamic_shapes=({0: torch.export.Dim("batch")},)), path)
+        return fimaudit.load_model(path, **options)
+
+    assert opened(conv, (3, 96, 96)).max_batch_size == 16  # 108 KiB an input
+    assert opened(conv, (3, 256, 256)).max_batch_size == 5  # 4 MiB of 768 KiB inputs
+    assert opened(conv, (3, 96, 96), max_batch_size=40).max_batch_size == 40
+    assert opened(conv, (3, 64, 64)).max_batch_size == 1024  # 48 KiB an input
+    assert opened(mlp, (3, 96, 96)).max_batch_size == 606  # 64 MiB
+
+
 def test_torch_export_with_dynamic_height_and_width(tmp_path: Path) -> None:
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d(1),
