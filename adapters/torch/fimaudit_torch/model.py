@@ -41,8 +41,8 @@ from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
 _BATCH_BYTES = 64 * 2**20
 _MAX_BATCH = 1024
 # On the CPU a convolutional network with large inputs gets small batches, as in the ONNX adapter (see
-# there): torch's time per input grows even faster with the batch, EfficientNet-Lite1 19.5 ms at 4 inputs
-# against 51 at 64 on 2 cores (docs/benchmarks/batch_size.md).
+# there): torch's time per input grows even faster with the batch, EfficientNet-Lite1 17 ms at 2-4 inputs
+# against 48 at 64 on 2 cores, and its 4-photo audits took 1.19x less time (docs/benchmarks/batch_size.md).
 _CPU_CONV_BATCH = 16
 _CPU_CONV_BATCH_BYTES = 4 * 2**20
 _CPU_CONV_MIN_BYTES = 64 * 2**10
