@@ -78,7 +78,8 @@ class QueryEngine:
         # while the estimators compute on the results of the previous one.
         self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="fimaudit-query")
         self._closed = threading.Event()
-        self._forms_on_device = isinstance(model, DevicePerturbing) and model.forms_on_device
+        # The model itself where it forms described inputs on its device; else the engine forms them.
+        self._device_model = model if isinstance(model, DevicePerturbing) and model.forms_on_device else None
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the workers; with `cancel` (an interrupt), drop queued batches and do not wait.
@@ -147,7 +148,7 @@ class QueryEngine:
             if unsent == 0 or (unsent < self.batch_size and not (idle_ok and not inflight)):
                 return
             batch, owners = self._take_batch(active)
-            if len(inflight) >= self.concurrency and not self._forms_on_device:
+            if len(inflight) >= self.concurrency and self._device_model is None:
                 batch = [materialize(batch)]  # one batch of inputs held while it waits
             inflight[self._pool.submit(self._predict_with_retry, batch)] = owners
 
@@ -243,9 +244,8 @@ class QueryEngine:
     def _predict(self, batch: Batch) -> np.ndarray:
         """One batch's probabilities: Perturbations go to a model that forms them on its device, else are
         formed here, straight into one batch."""
-        described = any(isinstance(p, Perturbations) for p in batch)
-        if described and isinstance(self.model, DevicePerturbing) and self.model.forms_on_device:
-            return self.model.predict_perturbed(batch)
+        if self._device_model is not None and any(isinstance(p, Perturbations) for p in batch):
+            return self._device_model.predict_perturbed(batch)
         return self.model.predict_proba(materialize(batch))
 
     def _predict_with_retry(self, batch: Batch) -> np.ndarray:

@@ -6,6 +6,7 @@ of many samples together and memory stays bounded by one block of directions per
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, replace
@@ -183,7 +184,7 @@ def estimate_sample(x: np.ndarray, index: int, cfg: EstimatorConfig) -> Generato
     fd, choice = _with_scheme(fd, choice, decision)
     k = d if method == "exact" else decision.directions
     # The witness aligns with the worst direction only to about k/d: below k = d/64 it says nothing.
-    want_witness = cfg.witness and d * p0.size <= WITNESS_MAX_ENTRIES and k * WITNESS_MIN_RATIO >= d
+    want_witness = witness_fits(cfg, d, p0.size) and k * WITNESS_MIN_RATIO >= d
     kind, blocks = direction_blocks(method, d, k, np.random.default_rng([cfg.seed, index]), cfg, counter_key(cfg.seed, index))
     if kind == "rademacher" and cfg.adaptive_step:
         choice = replace(choice, step=binary_step(choice.step))
@@ -404,8 +405,13 @@ def sample_memory(d: int, classes: int, cfg: EstimatorConfig) -> int:
     only where estimate_sample forms one: counted for a 1000-class 3x240x240 model, it had held such an
     audit to two samples in flight)."""
     block = directions_per_block(d, cfg) * d * (8 + 8 * cfg.queries_per_direction())
-    witness = 8 * classes * d if cfg.witness and d * classes <= WITNESS_MAX_ENTRIES else 0
+    witness = 8 * classes * d if witness_fits(cfg, d, classes) else 0
     return block + 32 * d + witness
+
+
+def witness_fits(cfg: EstimatorConfig, d: int, classes: int) -> bool:
+    """Whether a sample may form its witness (K x d floats): asked for, and not too large."""
+    return cfg.witness and d * classes <= WITNESS_MAX_ENTRIES
 
 
 def _coordinate_blocks(d: int, per_block: int) -> Iterator[np.ndarray]:
@@ -558,18 +564,23 @@ class RankRows:
     def count(self) -> int:  # k, the rows
         return len(self.us)
 
+    @functools.cached_property
+    def outer(self) -> np.ndarray:
+        """(k, r * r): each row's outer product, for the dense spectra (once for the jackknife and bootstrap)."""
+        k, r = self.us.shape
+        return (self.us[:, :, None] * self.us[:, None, :]).reshape(k, r * r)
+
     @property
     def rank(self) -> int:  # r, the size of each eigenproblem
         return int(self.us.shape[1])
 
     def tops(self, weights: np.ndarray, tol: float) -> np.ndarray:
         """lambda_max(sum_j w_j y_j y_j^T) for every row w of `weights`."""
-        k, r = self.us.shape
+        r = self.rank
         if r == 0:
             return np.zeros(len(weights))
         if r <= DENSE_RANK:
-            outer = (self.us[:, :, None] * self.us[:, None, :]).reshape(k, r * r)
-            return np.linalg.eigvalsh((weights @ outer).reshape(len(weights), r, r))[:, -1]
+            return np.linalg.eigvalsh((weights @ self.outer).reshape(len(weights), r, r))[:, -1]
         return batched_top(self.us, weights, tol=tol)
 
 
