@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import fimaudit  # noqa: E402
+from fimaudit.adapter import default_batch_size  # noqa: E402
 from speed_models import best_of, machine  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks" / "batch_size"
@@ -74,12 +75,10 @@ def subject(name: str) -> Subject:
 
 def onnx_subject(name: str, about: str, path: Path, inputs: np.ndarray, options: dict[str, Any]) -> Subject:
     import onnxruntime as ort
-    from fimaudit_onnx import _dynamic_batch
-
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feed = session.get_inputs()[0].name
     return Subject(name, about + " (onnxruntime)", inputs, lambda **kw: fimaudit.load_model(str(path), **options, **kw),
-                   lambda batch: session.run(None, {feed: batch}), lambda model: _dynamic_batch(model.input_spec))
+                   lambda batch: session.run(None, {feed: batch}), lambda model: default_batch_size(model.input_spec))
 
 
 def torch_subject() -> Subject:
@@ -87,7 +86,6 @@ def torch_subject() -> Subject:
     import torch
     import zoo_efficientnet
     from fimaudit_torch import TorchModel
-    from fimaudit_torch.model import _dynamic_batch
 
     net = zoo_efficientnet.load_torch_model()
     inputs = np.asarray(zoo_efficientnet.prepare().inputs, dtype=np.float32)
@@ -98,7 +96,7 @@ def torch_subject() -> Subject:
 
     return Subject("efficientnet-lite1-torch", "EfficientNet-Lite1, third-party weights, 3x240x240 (torch, its package's module)",
                    inputs, lambda **kw: TorchModel(net, input_shape=inputs.shape[1:], outputs="logits", device="cpu", **kw),
-                   run, lambda model: _dynamic_batch(model.input_spec), sizes=SIZES[:7])  # 128 and 256: minutes each
+                   run, lambda model: default_batch_size(model.input_spec), sizes=SIZES[:7])  # 128 and 256: minutes each
 
 
 def per_input_times(s: Subject, rows: int, repeats: int) -> dict[int, float]:

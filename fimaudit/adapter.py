@@ -393,6 +393,31 @@ def shape_failure(path: object, shape: Sequence[int], shape_from: str, exc: Base
     )
 
 
+# Inputs per call where a local model leaves its batch axis open: one batch of float32 inputs near
+# BATCH_BYTES, at most MAX_BATCH inputs. On the CPU a convolutional network's time per input grows with
+# the batch past 2-32 inputs (cache misses): at 256, 1.9x on rapidocr's text-direction classifier (3x48x192,
+# onnxruntime); at 64, 2.8x on EfficientNet-Lite1 through torch. Its audits took 1.8x (rapidocr, 16 inputs)
+# and 1.14-1.19x (EfficientNet-Lite1) less time in small batches (docs/benchmarks/batch_size.md). So where
+# inputs are large enough (CPU_CONV_MIN_BYTES) that each costs far more than a call, such a model gets at
+# most CPU_CONV_BATCH inputs and CPU_CONV_BATCH_BYTES a call there. Small inputs keep large batches: a
+# 28x28 CNN's audit was 7-13% slower in 16s (its time is the host's, per call), and MLPs keep gaining.
+BATCH_BYTES = 64 * 2**20
+MAX_BATCH = 1024
+CPU_CONV_BATCH = 16
+CPU_CONV_BATCH_BYTES = 4 * 2**20
+CPU_CONV_MIN_BYTES = 64 * 2**10
+
+
+def default_batch_size(spec: InputSpec, convolutional_on_cpu: Callable[[], bool] = lambda: False) -> int:
+    """Inputs per call for a model whose batch axis is open. `convolutional_on_cpu` says whether the model
+    is a convolutional network running on the CPU; it is asked only where the inputs are large enough for
+    the answer to matter (reading a graph for it can take a while)."""
+    row = 4 * max(1, spec.size)
+    small = row >= CPU_CONV_MIN_BYTES and convolutional_on_cpu()
+    rows, budget = (CPU_CONV_BATCH, CPU_CONV_BATCH_BYTES) if small else (MAX_BATCH, BATCH_BYTES)
+    return int(max(1, min(rows, budget // row)))
+
+
 def run_in_fixed_batches(batch: np.ndarray, size: int, run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Outputs of a model that only takes exactly `size` rows: chunk, pad the last chunk by
     repeating its last row, and drop the padded rows' outputs."""

@@ -14,6 +14,7 @@ from fimaudit.adapter import (
     ProbabilityModel,
     Request,
     SimpleAdapter,
+    default_batch_size,
     file_sha256,
     materialize,
     manifest_sha256,
@@ -32,19 +33,7 @@ from fimaudit_onnx.device import device_of, run_formed
 __all__ = ["OnnxModel", "adapter", "external_data_files", "load", "model_files"]
 
 _DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16"}
-# Keep one batch of float32 inputs near this size when the batch axis is dynamic.
-_BATCH_BYTES = 64 * 2**20
-_MAX_DYNAMIC_BATCH = 1024
-# On the CPU, a convolutional network's time per input grows with the batch past 8-32 inputs: 1.9x
-# at 256 on rapidocr's text-direction classifier (3x48x192), whose audits of 16 inputs took 1.8x less
-# time in batches of 16 than of 606, and EfficientNet-Lite1's 1.1x less in 6s than in 97s
-# (docs/benchmarks/batch_size.md). So where inputs are large enough (from 64 KiB) that each costs far
-# more than a call, such a model gets batches of at most this many inputs and bytes there. Small inputs
-# keep large batches: a 28x28 CNN's audit was 7-13% slower in 16s (its time is the host's, per call),
-# and MLPs keep gaining to hundreds.
-_CPU_CONV_BATCH = 16
-_CPU_CONV_BATCH_BYTES = 4 * 2**20
-_CPU_CONV_MIN_BYTES = 64 * 2**10
+# Operators that make a graph a convolutional network (fimaudit.adapter.default_batch_size).
 _CONVOLUTIONS = {"Conv", "ConvTranspose", "ConvInteger", "QLinearConv"}
 # Refuse one input larger than this: probing and perturbing it needs several copies in memory, and
 # a declared shape like [N, 1000000, 1000000] (4 TB an input) is a broken export, not a model to audit.
@@ -90,8 +79,8 @@ class OnnxModel(ProbabilityModel):
         self.output_dtype = _DTYPES.get(self._output.type, "float32")
         self.fixed_batch_size = self._fixed_batch
         on_cpu = self._session.get_providers()[0] == "CPUExecutionProvider"
-        small = on_cpu and 4 * self.input_spec.size >= _CPU_CONV_MIN_BYTES and _convolutional(self.path)
-        self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec, small)
+        self.max_batch_size = self._fixed_batch or max_batch_size or default_batch_size(
+            self.input_spec, lambda: on_cpu and _convolutional(self.path))
         self.num_classes, self.output_kind = output_form(self._width(), outputs or self._softmax_head(), self._probe)
         if self._shape_from != "model":
             self._probe(1)  # a shape chosen outside the file is run once here, so a wrong one is named as such
@@ -293,29 +282,12 @@ def _check_input_size(name: str, dims: list[Any], dtype: str) -> None:
         )
 
 
-def _dynamic_batch(spec: InputSpec, small: bool = False) -> int:
-    """Inputs per call where the file leaves the batch open: `small` for a convolutional network with large
-    inputs on the CPU."""
-    rows, budget = (_CPU_CONV_BATCH, _CPU_CONV_BATCH_BYTES) if small else (_MAX_DYNAMIC_BATCH, _BATCH_BYTES)
-    return int(max(1, min(rows, budget // (4 * max(1, spec.size)))))
-
-
 def _convolutional(path: Path) -> bool:
     """Whether the graph (or a function or subgraph in it) holds a convolution."""
+    import onnx
+
     model = _graph(path)
-    if model is None:
-        return False
-    graphs, nodes = [model.graph], [node for function in model.functions for node in function.node]
-    while graphs or nodes:
-        if graphs:
-            nodes.extend(graphs.pop().node)
-            continue
-        node = nodes.pop()
-        if node.op_type in _CONVOLUTIONS:
-            return True
-        for attr in node.attribute:  # the bodies of If, Loop and Scan
-            graphs.extend([attr.g] if attr.HasField("g") else attr.graphs)
-    return False
+    return model is not None and any(isinstance(part, onnx.NodeProto) and part.op_type in _CONVOLUTIONS for part in _walk(model))
 
 
 def _producer_op(path: Path, output: str) -> str | None:
@@ -366,20 +338,34 @@ def external_data_files(path: Path) -> list[Path]:
 
 def _all_tensors(model: Any) -> Iterator[Any]:
     """Every TensorProto in the model: initializers and node attributes, in subgraphs and functions too."""
+    import onnx
+
+    for part in _walk(model):
+        if isinstance(part, onnx.GraphProto):
+            yield from part.initializer
+            for sparse in part.sparse_initializer:
+                yield from (sparse.values, sparse.indices)
+            continue
+        for attribute in part.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+
+
+def _walk(model: Any) -> Iterator[Any]:
+    """Every GraphProto and NodeProto of the model: the main graph, the functions' nodes, and the subgraphs
+    (If, Loop and Scan bodies) beneath any node, with their nodes."""
     graphs = [model.graph]
     nodes = [node for function in model.functions for node in function.node]
     while graphs or nodes:
         if graphs:
             graph = graphs.pop()
-            yield from graph.initializer
-            for sparse in graph.sparse_initializer:
-                yield from (sparse.values, sparse.indices)
+            yield graph
             nodes.extend(graph.node)
             continue
-        for attribute in nodes.pop().attribute:
-            if attribute.HasField("t"):
-                yield attribute.t
-            yield from attribute.tensors
+        node = nodes.pop()
+        yield node
+        for attribute in node.attribute:
             if attribute.HasField("g"):
                 graphs.append(attribute.g)
             graphs.extend(attribute.graphs)

@@ -24,12 +24,10 @@ from fimaudit.adapter import (  # noqa: E402
     resolve_input_shape,
 )
 from fimaudit.errors import FimauditError, ModelError, UsageError  # noqa: E402
-from fimaudit.adapter import detect_output_kind, probe_outputs, run_in_fixed_batches, shape_failure  # noqa: E402
+from fimaudit.adapter import default_batch_size, detect_output_kind, probe_outputs, run_in_fixed_batches, shape_failure  # noqa: E402
 
 DEFAULT_SIGNATURE = "serving_default"
 _DTYPES = {tf.float32: "float32", tf.float64: "float64", tf.float16: "float16"}
-_BATCH_BYTES = 64 * 2**20
-_MAX_BATCH = 1024
 
 
 class SavedModel(ProbabilityModel):
@@ -61,7 +59,7 @@ class SavedModel(ProbabilityModel):
         self.input_spec, self._fixed_batch, self._shape_from = _input_spec(self._input, spec, input_shape, data_shape)
         self.fixed_batch_size = self._fixed_batch
         self.output_dtype = _DTYPES.get(out_spec.dtype, "float32")
-        self.max_batch_size = self._fixed_batch or max_batch_size or _dynamic_batch(self.input_spec)
+        self.max_batch_size = self._fixed_batch or max_batch_size or default_batch_size(self.input_spec)
         probe = self._probe()
         self.num_classes = int(probe.shape[1])
         self.output_kind: OutputKind = outputs or detect_output_kind(probe)
@@ -177,10 +175,6 @@ def _input_spec(
     declared = None if dims is None else dims[1:]
     shape, source = resolve_input_shape(declared, given=given, data=data, model=f"the input '{name}'")
     return InputSpec(shape=shape, dtype=dtype), (dims[0] if dims else None), source
-
-
-def _dynamic_batch(spec: InputSpec) -> int:
-    return int(max(1, min(_MAX_BATCH, _BATCH_BYTES // (4 * max(1, spec.size)))))
 
 
 def _provider() -> str:

@@ -20,6 +20,7 @@ from fimaudit.adapter import (
     ModelIdentity,
     OutputKind,
     ProbabilityModel,
+    default_batch_size,
     detect_output_kind,
     file_sha256,
     one_line,
@@ -37,15 +38,7 @@ from fimaudit_torch.bound import relu_network_bound
 from fimaudit_torch.counter import form_inputs
 from fimaudit_torch.whitebox import WhiteBoxFisher, exact_fisher
 
-# Keep one float32 batch near this size (as the ONNX adapter does) when the batch axis is free.
-_BATCH_BYTES = 64 * 2**20
-_MAX_BATCH = 1024
-# On the CPU a convolutional network with large inputs gets small batches, as in the ONNX adapter (see
-# there): torch's time per input grows even faster with the batch, EfficientNet-Lite1 17 ms at 2-4 inputs
-# against 48 at 64 on 2 cores, and its 4-photo audits took 1.19x less time (docs/benchmarks/batch_size.md).
-_CPU_CONV_BATCH = 16
-_CPU_CONV_BATCH_BYTES = 4 * 2**20
-_CPU_CONV_MIN_BYTES = 64 * 2**10
+# Convolution layers by class name, as TorchScript keeps it (fimaudit.adapter.default_batch_size).
 _CONV_NAMES = {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"}
 # Other weight dtypes (bfloat16, ...) take float32 inputs, cast on the way in.
 _DTYPES = {torch.float32: "float32", torch.float64: "float64", torch.float16: "float16"}
@@ -92,8 +85,9 @@ class TorchModel(ProbabilityModel):
         self._fixed_batch = fixed_batch
         self.fixed_batch_size = fixed_batch
         self.input_spec = InputSpec(shape=tuple(int(v) for v in input_shape), dtype=_DTYPES.get(self._dtype, "float32"))
-        small = self.device.type == "cpu" and 4 * self.input_spec.size >= _CPU_CONV_MIN_BYTES and _convolutional(self._module)
-        self.max_batch_size = fixed_batch or max_batch_size or _dynamic_batch(self.input_spec, small)
+        on_cpu = self.device.type == "cpu"
+        self.max_batch_size = fixed_batch or max_batch_size or default_batch_size(
+            self.input_spec, lambda: on_cpu and _convolutional(self._module))
         probe = self._probe()
         self.num_classes = int(probe.shape[1])
         self.output_dtype = str(probe.dtype) if probe.dtype in (np.float16, np.float64) else "float32"
@@ -401,13 +395,6 @@ def _to_numpy(out: torch.Tensor) -> np.ndarray:
     # numpy has no bfloat16; float32 holds every bfloat16 value exactly.
     out = out.detach().to("cpu")
     return (out.float() if out.dtype == torch.bfloat16 else out).numpy()
-
-
-def _dynamic_batch(spec: InputSpec, small: bool = False) -> int:
-    """Inputs per call where the batch axis is free: `small` for a convolutional network with large inputs
-    on the CPU."""
-    rows, budget = (_CPU_CONV_BATCH, _CPU_CONV_BATCH_BYTES) if small else (_MAX_BATCH, _BATCH_BYTES)
-    return int(max(1, min(rows, budget // (4 * max(1, spec.size)))))
 
 
 def _convolutional(module: torch.nn.Module) -> bool:
